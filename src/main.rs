@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 mod demo;
+#[allow(dead_code)]
 mod http;
 
 fn main() {
