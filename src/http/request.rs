@@ -297,6 +297,22 @@ mod tests {
     }
 
     #[test]
+    fn pipelined_chunked_then_next() {
+        use crate::http::BodyTracker;
+        let buf = b"POST /mcp HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n\
+            2;x=y\r\n{}\r\n0\r\nX-T: 1\r\n\r\n\
+            GET /mcp HTTP/1.1\r\nHost: h\r\n\r\n";
+        let (first, len) = complete(buf);
+        let mut tracker = BodyTracker::new(first.body);
+        let body_len = tracker.feed(&buf[len..]).unwrap();
+        assert!(tracker.is_done());
+        assert_eq!(body_len, b"2;x=y\r\n{}\r\n0\r\nX-T: 1\r\n\r\n".len());
+        let (second, len2) = complete(&buf[len + body_len..]);
+        assert_eq!(second.method, "GET");
+        assert_eq!(len + body_len + len2, buf.len());
+    }
+
+    #[test]
     fn partial_at_every_split() {
         let head_len = POST.len() - 5;
         for cut in 0..head_len {
