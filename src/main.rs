@@ -3,6 +3,7 @@
 //! MCP server that `serve --demo` spawns as its child).
 #![deny(unsafe_code)]
 
+#[allow(dead_code)]
 mod demo;
 #[allow(dead_code)]
 mod http;
