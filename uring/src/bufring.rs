@@ -1,0 +1,234 @@
+//! Provided buffer rings: a pool of equal-sized receive buffers the kernel picks
+//! from for multishot receives (`IORING_REGISTER_PBUF_RING`).
+//!
+//! A received buffer comes back to the caller as a [`BufRef`]. The bytes stay in
+//! that buffer for as long as the `BufRef` lives — the data plane forwards them
+//! to another socket straight from it, with no userspace copy — and dropping the
+//! last `BufRef` for a buffer hands it back to the kernel. `BufRef` is
+//! reference-counted so one received buffer can be split (head part, body part)
+//! and the pieces sent at different times.
+
+use std::alloc::{alloc_zeroed, Layout};
+use std::cell::Cell;
+use std::io;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use io_uring::types::BufRingEntry;
+
+/// Shared state of one registered buffer ring.
+pub(crate) struct Shared {
+    /// Start of the ring of `BufRingEntry` descriptors (page aligned).
+    entries: *mut BufRingEntry,
+    /// Start of the buffer memory: `count * size` bytes.
+    base: *mut u8,
+    count: u16,
+    size: u32,
+    bgid: u16,
+    /// Our private copy of the tail we publish to the kernel.
+    tail: Cell<u16>,
+    /// Buffers currently owned by userspace (handed out and not yet returned).
+    out: Cell<usize>,
+}
+
+/// A registered ring of provided buffers. Create with [`crate::Ring::register_buf_ring`].
+#[derive(Clone)]
+pub struct BufRing {
+    pub(crate) shared: Rc<Shared>,
+}
+
+impl BufRing {
+    /// Allocates the descriptor ring and `count` buffers of `size` bytes, and
+    /// publishes every buffer to the (not yet registered) ring.
+    pub(crate) fn allocate(bgid: u16, count: u16, size: u32) -> io::Result<BufRing> {
+        if !count.is_power_of_two() || count == 0 || size == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "buffer ring: count must be a power of two and size > 0",
+            ));
+        }
+        let ring_bytes = usize::from(count) * std::mem::size_of::<BufRingEntry>();
+        let ring_layout = Layout::from_size_align(ring_bytes.max(4096), 4096)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let buf_bytes = usize::from(count) * size as usize;
+        let buf_layout = Layout::from_size_align(buf_bytes, 64)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: both layouts have a non-zero size (checked above). The memory is
+        // intentionally never freed: the kernel may write into it until the ring
+        // is torn down, and rings live for their thread's lifetime (see `Ring::drop`).
+        let (entries, base) = unsafe {
+            (
+                alloc_zeroed(ring_layout) as *mut BufRingEntry,
+                alloc_zeroed(buf_layout),
+            )
+        };
+        if entries.is_null() || base.is_null() {
+            return Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                "buffer ring allocation failed",
+            ));
+        }
+        let shared = Shared {
+            entries,
+            base,
+            count,
+            size,
+            bgid,
+            tail: Cell::new(0),
+            out: Cell::new(usize::from(count)),
+        };
+        let ring = BufRing {
+            shared: Rc::new(shared),
+        };
+        for bid in 0..count {
+            ring.shared.push(bid);
+        }
+        Ok(ring)
+    }
+
+    /// Address of the descriptor ring, for registration.
+    pub(crate) fn ring_addr(&self) -> u64 {
+        self.shared.entries as u64
+    }
+
+    /// Number of buffers.
+    pub fn count(&self) -> u16 {
+        self.shared.count
+    }
+
+    /// Size of each buffer in bytes.
+    pub fn buf_size(&self) -> u32 {
+        self.shared.size
+    }
+
+    /// Buffer group id used in `RecvMulti`.
+    pub fn bgid(&self) -> u16 {
+        self.shared.bgid
+    }
+
+    /// Buffers currently available to the kernel.
+    pub fn available(&self) -> usize {
+        usize::from(self.shared.count) - self.shared.out.get()
+    }
+
+    /// Wraps buffer `bid`, which the kernel just filled with `len` bytes.
+    ///
+    /// Returns `None` if `bid` or `len` is out of range (a kernel contract
+    /// violation; never expected).
+    pub(crate) fn take(&self, bid: u16, len: usize) -> Option<BufRef> {
+        if bid >= self.shared.count || len > self.shared.size as usize {
+            return None;
+        }
+        self.shared.out.set(self.shared.out.get() + 1);
+        Some(BufRef {
+            inner: Rc::new(Taken {
+                ring: Rc::clone(&self.shared),
+                bid,
+                len,
+            }),
+            start: 0,
+            end: len,
+        })
+    }
+}
+
+impl Shared {
+    /// Publishes buffer `bid` back to the kernel.
+    fn push(&self, bid: u16) {
+        let mask = self.count - 1;
+        let tail = self.tail.get();
+        let idx = usize::from(tail & mask);
+        // SAFETY: `idx < count`, so the entry lies inside the descriptor ring
+        // allocated in `allocate`; the kernel only reads entries between its head
+        // and our published tail, and this slot is past the published tail.
+        let entry = unsafe { &mut *self.entries.add(idx) };
+        // SAFETY: `bid < count`, so the buffer lies inside the buffer allocation.
+        let addr = unsafe { self.base.add(usize::from(bid) * self.size as usize) };
+        entry.set_addr(addr as u64);
+        entry.set_len(self.size);
+        entry.set_bid(bid);
+        let new_tail = tail.wrapping_add(1);
+        self.tail.set(new_tail);
+        // SAFETY: the tail field overlays the `resv` field of entry 0, which is a
+        // properly aligned u16 inside the ring allocation; the kernel reads it
+        // with acquire semantics, so we publish with release.
+        unsafe {
+            let tail_ptr = BufRingEntry::tail(self.entries) as *const AtomicU16;
+            (*tail_ptr).store(new_tail, Ordering::Release);
+        }
+        self.out.set(self.out.get().saturating_sub(1));
+    }
+}
+
+struct Taken {
+    ring: Rc<Shared>,
+    bid: u16,
+    len: usize,
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        self.ring.push(self.bid);
+    }
+}
+
+/// A view of (part of) one received buffer. Clones share the buffer; the buffer
+/// returns to the kernel when the last view is dropped.
+#[derive(Clone)]
+pub struct BufRef {
+    inner: Rc<Taken>,
+    start: usize,
+    end: usize,
+}
+
+impl BufRef {
+    /// The received bytes in this view.
+    pub fn as_slice(&self) -> &[u8] {
+        let shared = &self.inner.ring;
+        debug_assert!(self.end <= self.inner.len);
+        // SAFETY: the buffer `bid` was filled by the kernel with `len` bytes and is
+        // owned by userspace until the last `Taken` drops (it is not in the ring,
+        // so the kernel cannot write to it); `start..end` lies within `0..len`.
+        unsafe {
+            let p = shared
+                .base
+                .add(usize::from(self.inner.bid) * shared.size as usize + self.start);
+            std::slice::from_raw_parts(p, self.end - self.start)
+        }
+    }
+
+    /// Length of this view.
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Whether this view is empty.
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+
+    /// A sub-view `range` (relative to this view), sharing the buffer.
+    pub fn slice(&self, from: usize, to: usize) -> BufRef {
+        let to = to.min(self.len());
+        let from = from.min(to);
+        BufRef {
+            inner: Rc::clone(&self.inner),
+            start: self.start + from,
+            end: self.start + to,
+        }
+    }
+
+    /// Drops the first `n` bytes of this view.
+    pub fn advance(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+    }
+}
+
+impl std::fmt::Debug for BufRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BufRef")
+            .field("bid", &self.inner.bid)
+            .field("len", &self.len())
+            .finish()
+    }
+}

@@ -1,0 +1,278 @@
+//! The operations the ring layer submits, and what each one owns while it is in
+//! flight.
+//!
+//! An [`Op`] is a request with owned resources. [`crate::Ring::push`] moves those
+//! resources into its in-flight table ([`Parked`]), builds the SQE from pointers
+//! into them, and returns them as a [`Returned`] value with the op's final
+//! completion. Because the resources are heap allocations owned by the table,
+//! their addresses stay valid however the table itself is moved or grown.
+
+use std::ffi::CString;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use io_uring::types::Timespec;
+
+use crate::bufring::{BufRef, BufRing};
+use crate::ring::OpId;
+
+/// One piece of data to send: an owned vector (with a read position) or a view
+/// of a received buffer, forwarded without copying.
+pub enum Seg {
+    /// Bytes the caller built (a rewritten head, an error response).
+    Owned {
+        /// The bytes.
+        data: Vec<u8>,
+        /// How many leading bytes were already sent.
+        pos: usize,
+    },
+    /// Bytes as they arrived in a provided buffer.
+    Buf(BufRef),
+}
+
+impl Seg {
+    /// An owned segment with nothing sent yet.
+    pub fn owned(data: Vec<u8>) -> Seg {
+        Seg::Owned { data, pos: 0 }
+    }
+
+    /// The bytes not yet sent.
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Seg::Owned { data, pos } => &data[(*pos).min(data.len())..],
+            Seg::Buf(b) => b.as_slice(),
+        }
+    }
+
+    /// Number of bytes not yet sent.
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    /// Whether nothing is left to send.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Marks `n` leading bytes as sent.
+    pub fn advance(&mut self, n: usize) {
+        match self {
+            Seg::Owned { data, pos } => *pos = (*pos + n).min(data.len()),
+            Seg::Buf(b) => b.advance(n),
+        }
+    }
+}
+
+/// Drops the first `n` bytes from a queue of segments (after a short write).
+pub fn advance_segs(segs: &mut Vec<Seg>, mut n: usize) {
+    let mut drop_front = 0;
+    for seg in segs.iter_mut() {
+        if n == 0 {
+            break;
+        }
+        let l = seg.len();
+        if n >= l {
+            n -= l;
+            drop_front += 1;
+        } else {
+            seg.advance(n);
+            n = 0;
+        }
+    }
+    segs.drain(..drop_front);
+}
+
+/// An operation to submit, with the resources it owns.
+pub enum Op {
+    /// Multishot accept on a listening socket: one completion per connection
+    /// (result = new fd), until a completion without `more`.
+    AcceptMulti {
+        /// The listening socket.
+        fd: RawFd,
+    },
+    /// Multishot receive into buffers picked from `bufs`: one completion per
+    /// received chunk (with a [`Returned::Buf`]); result 0 is end of stream;
+    /// `-ENOBUFS` ends the multishot when the ring ran dry.
+    RecvMulti {
+        /// The socket.
+        fd: RawFd,
+        /// The buffer ring to pick from.
+        bufs: BufRing,
+    },
+    /// Gathered send of `segs` (a `writev`); the segments come back with the
+    /// completion so a short write can be resumed.
+    Writev {
+        /// The socket.
+        fd: RawFd,
+        /// What to send, in order.
+        segs: Vec<Seg>,
+    },
+    /// `connect(2)` of a non-blocking or blocking socket.
+    Connect {
+        /// The socket.
+        fd: RawFd,
+        /// Where to connect.
+        addr: SocketAddr,
+    },
+    /// `close(2)`; the caller gives up the descriptor.
+    Close {
+        /// The descriptor (owned by the op from now on).
+        fd: RawFd,
+    },
+    /// A relative timer; completes with `-ETIME` when it fires.
+    Timeout {
+        /// How long.
+        after: Duration,
+    },
+    /// Cancels an in-flight op (its own completion says whether it was found).
+    Cancel {
+        /// The op to cancel.
+        target: OpId,
+    },
+    /// `waitid(P_PIDFD, pidfd, WEXITED)`: completes when the process exits,
+    /// reaping it (kernel ≥ 6.7).
+    WaitId {
+        /// The pidfd.
+        pidfd: RawFd,
+    },
+    /// `poll(2)` for `events` on `fd` (one shot).
+    PollAdd {
+        /// The descriptor.
+        fd: RawFd,
+        /// `POLLIN` and friends.
+        events: u32,
+    },
+    /// `unlinkat(2)` relative to `dirfd`; `dir` adds `AT_REMOVEDIR`.
+    UnlinkAt {
+        /// Directory the path is relative to.
+        dirfd: RawFd,
+        /// The entry name.
+        path: CString,
+        /// Remove a directory instead of a file.
+        dir: bool,
+    },
+    /// `read(2)` into `buf` (its full length).
+    Read {
+        /// The descriptor.
+        fd: RawFd,
+        /// Destination; returned with the completion.
+        buf: Vec<u8>,
+    },
+    /// `shutdown(2)`.
+    Shutdown {
+        /// The socket.
+        fd: RawFd,
+        /// `libc::SHUT_WR` and friends.
+        how: i32,
+    },
+}
+
+/// Resources handed back with an op's completion.
+pub enum Returned {
+    /// The op owned nothing worth returning.
+    Nothing,
+    /// A received buffer (multishot receive).
+    Buf(BufRef),
+    /// The segments of a `Writev`, unchanged (the caller advances them by the
+    /// result for a short write).
+    Segs(Vec<Seg>),
+    /// The buffer of a `Read`.
+    Read(Vec<u8>),
+    /// How a waited-for process ended.
+    Exit(ExitInfo),
+    /// The path of an `UnlinkAt`.
+    Path(CString),
+}
+
+/// How a child ended, from `waitid`'s `siginfo_t`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitInfo {
+    /// `CLD_EXITED`, `CLD_KILLED` or `CLD_DUMPED`.
+    pub code: i32,
+    /// The exit status or the signal number.
+    pub status: i32,
+}
+
+/// Resources parked in the in-flight table while the kernel may use them.
+pub(crate) enum Parked {
+    Nothing,
+    Recv(BufRing),
+    Writev {
+        segs: Vec<Seg>,
+        // Never read: kept alive because the kernel reads it.
+        _iov: Box<[libc::iovec]>,
+    },
+    Addr(#[allow(dead_code)] Box<SockAddrRaw>),
+    Time(#[allow(dead_code)] Box<Timespec>),
+    Wait(Box<libc::siginfo_t>),
+    Path(CString),
+    Read(Vec<u8>),
+}
+
+/// A socket address in the kernel's layout.
+#[repr(C)]
+pub(crate) union SockAddrRaw {
+    pub v4: libc::sockaddr_in,
+    pub v6: libc::sockaddr_in6,
+}
+
+impl SockAddrRaw {
+    /// Converts `addr` and returns it with its length.
+    pub(crate) fn new(addr: &SocketAddr) -> (Box<SockAddrRaw>, libc::socklen_t) {
+        match addr {
+            SocketAddr::V4(a) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: a.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(a.ip().octets()),
+                    },
+                    sin_zero: [0; 8],
+                };
+                (
+                    Box::new(SockAddrRaw { v4: sin }),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            }
+            SocketAddr::V6(a) => {
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: a.port().to_be(),
+                    sin6_flowinfo: a.flowinfo(),
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: a.ip().octets(),
+                    },
+                    sin6_scope_id: a.scope_id(),
+                };
+                (
+                    Box::new(SockAddrRaw { v6: sin6 }),
+                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
+            }
+        }
+    }
+}
+
+impl Parked {
+    /// Converts parked resources into what the caller gets back.
+    pub(crate) fn into_returned(self) -> Returned {
+        match self {
+            Parked::Writev { segs, .. } => Returned::Segs(segs),
+            Parked::Read(buf) => Returned::Read(buf),
+            Parked::Path(p) => Returned::Path(p),
+            Parked::Wait(info) => {
+                // SAFETY: the kernel filled `info` for a child-state change
+                // (CLD_*), so the `si_status` union member is the one written.
+                let status = unsafe { info.si_status() };
+                Returned::Exit(ExitInfo {
+                    code: info.si_code,
+                    status,
+                })
+            }
+            Parked::Nothing | Parked::Recv(_) | Parked::Addr(_) | Parked::Time(_) => {
+                Returned::Nothing
+            }
+        }
+    }
+}

@@ -1,0 +1,513 @@
+//! One io_uring instance with its table of in-flight operations.
+//!
+//! [`Ring::push`] parks an op's resources in the table and queues its SQE;
+//! [`Ring::reap`] turns CQEs into [`Completion`]s, handing resources back with an
+//! op's final completion. Multishot ops stay in the table across completions
+//! until one arrives without `IORING_CQE_F_MORE`.
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use slab::Slab;
+
+use crate::bufring::BufRing;
+use crate::op::{Op, Parked, Returned, SockAddrRaw};
+
+/// Identifies one in-flight op (slab slot plus a generation, so a stale id never
+/// names a newer op that reused the slot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OpId(u64);
+
+impl OpId {
+    fn new(key: usize, gen: u32) -> OpId {
+        OpId(((gen as u64) << 32) | key as u64)
+    }
+    fn key(self) -> usize {
+        (self.0 & 0xffff_ffff) as usize
+    }
+    fn gen(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+}
+
+/// Ring construction options.
+#[derive(Debug, Clone)]
+pub struct RingConfig {
+    /// Submission queue entries.
+    pub sq_entries: u32,
+    /// Completion queue entries (sized explicitly: multishot ops post many CQEs
+    /// per SQE).
+    pub cq_entries: u32,
+    /// `IORING_SETUP_SINGLE_ISSUER`: only the creating thread submits.
+    pub single_issuer: bool,
+    /// `IORING_SETUP_DEFER_TASKRUN` (requires `single_issuer`): completion work
+    /// runs only when this thread waits for completions.
+    pub defer_taskrun: bool,
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        RingConfig {
+            sq_entries: 1024,
+            cq_entries: 8192,
+            single_issuer: true,
+            defer_taskrun: true,
+        }
+    }
+}
+
+struct InFlight {
+    tag: u64,
+    gen: u32,
+    parked: Parked,
+}
+
+/// One completion, as seen by the caller.
+pub struct Completion {
+    /// The op it belongs to.
+    pub id: OpId,
+    /// The caller's tag given to [`Ring::push`].
+    pub tag: u64,
+    /// The CQE result: a count, a new fd, 0, or `-errno`.
+    pub result: i32,
+    /// More completions will follow for this op (multishot).
+    pub more: bool,
+    /// Resources handed back (a received buffer on every multishot receive
+    /// completion that carried data; the op's own resources on its final one).
+    pub data: Returned,
+}
+
+/// An io_uring instance and its in-flight table.
+pub struct Ring {
+    uring: IoUring,
+    ops: Slab<InFlight>,
+    next_gen: u32,
+    defer_taskrun: bool,
+}
+
+impl Ring {
+    /// Creates a ring. Falls back to a plain ring if the kernel rejects
+    /// `SINGLE_ISSUER`/`DEFER_TASKRUN`.
+    pub fn new(cfg: &RingConfig) -> io::Result<Ring> {
+        let mut builder = IoUring::builder();
+        builder.setup_cqsize(cfg.cq_entries).setup_clamp();
+        let mut defer = false;
+        if cfg.single_issuer {
+            builder.setup_single_issuer();
+            if cfg.defer_taskrun {
+                builder.setup_defer_taskrun();
+                defer = true;
+            }
+        }
+        let uring = match builder.build(cfg.sq_entries) {
+            Ok(u) => u,
+            Err(_) => {
+                defer = false;
+                IoUring::builder()
+                    .setup_cqsize(cfg.cq_entries)
+                    .setup_clamp()
+                    .build(cfg.sq_entries)?
+            }
+        };
+        Ok(Ring {
+            uring,
+            ops: Slab::with_capacity(1024),
+            next_gen: 1,
+            defer_taskrun: defer,
+        })
+    }
+
+    /// Whether `DEFER_TASKRUN` is in effect.
+    pub fn defer_taskrun(&self) -> bool {
+        self.defer_taskrun
+    }
+
+    /// Raw fd of the ring (for `MSG_RING` targets and diagnostics).
+    pub fn fd(&self) -> i32 {
+        self.uring.as_raw_fd()
+    }
+
+    /// Allocates and registers a ring of `count` provided buffers of `size`
+    /// bytes under group `bgid`.
+    pub fn register_buf_ring(&mut self, bgid: u16, count: u16, size: u32) -> io::Result<BufRing> {
+        let ring = BufRing::allocate(bgid, count, size)?;
+        // SAFETY: the descriptor ring and buffers allocated by `allocate` are never
+        // freed (they live for the process), so they stay valid for as long as
+        // the kernel may use them; `count` entries fit the allocation.
+        unsafe {
+            self.uring.submitter().register_buf_ring_with_flags(
+                ring.ring_addr(),
+                count,
+                bgid,
+                0,
+            )?;
+        }
+        Ok(ring)
+    }
+
+    /// Caps the io-wq worker threads this ring may use: `[bounded, unbounded]`
+    /// (0 leaves a limit unchanged). Returns the previous limits.
+    pub fn set_iowq_max_workers(&self, bounded: u32, unbounded: u32) -> io::Result<[u32; 2]> {
+        let mut max = [bounded, unbounded];
+        self.uring.submitter().register_iowq_max_workers(&mut max)?;
+        Ok(max)
+    }
+
+    /// Number of ops in flight.
+    pub fn in_flight(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Parks `op`'s resources and queues its SQE. Submits early if the
+    /// submission queue is full.
+    pub fn push(&mut self, op: Op, tag: u64) -> io::Result<OpId> {
+        let gen = self.next_gen;
+        self.next_gen = self.next_gen.wrapping_add(1).max(1);
+        let entry = self.ops.vacant_entry();
+        let key = entry.key();
+        let id = OpId::new(key, gen);
+        let (sqe, parked) = build(op, id)?;
+        entry.insert(InFlight { tag, gen, parked });
+        let sqe = sqe.user_data(id.0);
+        loop {
+            // SAFETY: every pointer in `sqe` points into resources now parked in
+            // `self.ops` (heap allocations that do not move when the slab grows),
+            // which are only released when the op's final CQE is reaped.
+            let pushed = unsafe { self.uring.submission().push(&sqe) };
+            if pushed.is_ok() {
+                return Ok(id);
+            }
+            if let Err(e) = self.uring.submit() {
+                if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
+                    self.ops.remove(key);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Submits queued SQEs without waiting.
+    pub fn submit(&mut self) -> io::Result<usize> {
+        self.submit_and_wait(0)
+    }
+
+    /// Submits queued SQEs and waits for at least `want` completions. `EINTR`
+    /// and `EBUSY` are not errors (the caller reaps and loops).
+    pub fn submit_and_wait(&mut self, want: usize) -> io::Result<usize> {
+        match self.uring.submit_and_wait(want) {
+            Ok(n) => Ok(n),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
+                ) =>
+            {
+                Ok(0)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves every available completion into `out`.
+    pub fn reap(&mut self, out: &mut Vec<Completion>) {
+        let mut cq = self.uring.completion();
+        cq.sync();
+        for cqe in &mut cq {
+            let id = OpId(cqe.user_data());
+            let result = cqe.result();
+            let flags = cqe.flags();
+            let more = cqueue::more(flags);
+            let key = id.key();
+            let Some(inflight) = self.ops.get(key) else {
+                continue;
+            };
+            if inflight.gen != id.gen() {
+                continue;
+            }
+            let tag = inflight.tag;
+            let mut data = Returned::Nothing;
+            if let Parked::Recv(bufs) = &inflight.parked {
+                if let Some(bid) = cqueue::buffer_select(flags) {
+                    let len = usize::try_from(result).unwrap_or(0);
+                    if let Some(b) = bufs.take(bid, len) {
+                        data = Returned::Buf(b);
+                    }
+                }
+            }
+            if !more {
+                let done = self.ops.remove(key);
+                if matches!(data, Returned::Nothing) {
+                    data = done.parked.into_returned();
+                }
+            }
+            out.push(Completion {
+                id,
+                tag,
+                result,
+                more,
+                data,
+            });
+        }
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // Ops still in flight may be written to by the kernel until the ring's
+        // teardown finishes asynchronously: leak their resources rather than
+        // free memory the kernel might still touch.
+        let ops = std::mem::take(&mut self.ops);
+        std::mem::forget(ops);
+    }
+}
+
+/// Builds the SQE for `op` and the resources to park while it is in flight.
+fn build(op: Op, id: OpId) -> io::Result<(squeue::Entry, Parked)> {
+    Ok(match op {
+        Op::AcceptMulti { fd } => (
+            opcode::AcceptMulti::new(types::Fd(fd))
+                .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+                .build(),
+            Parked::Nothing,
+        ),
+        Op::RecvMulti { fd, bufs } => (
+            opcode::RecvMulti::new(types::Fd(fd), bufs.bgid()).build(),
+            Parked::Recv(bufs),
+        ),
+        Op::Writev { fd, segs } => {
+            let iov: Box<[libc::iovec]> = segs
+                .iter()
+                .filter(|s| !s.is_empty())
+                .take(libc::UIO_MAXIOV as usize)
+                .map(|s| {
+                    let b = s.as_slice();
+                    libc::iovec {
+                        iov_base: b.as_ptr() as *mut libc::c_void,
+                        iov_len: b.len(),
+                    }
+                })
+                .collect();
+            let sqe = opcode::Writev::new(types::Fd(fd), iov.as_ptr(), iov.len() as u32).build();
+            (sqe, Parked::Writev { segs, _iov: iov })
+        }
+        Op::Connect { fd, addr } => {
+            let (raw, len) = SockAddrRaw::new(&addr);
+            let ptr = &*raw as *const SockAddrRaw as *const libc::sockaddr;
+            (
+                opcode::Connect::new(types::Fd(fd), ptr, len).build(),
+                Parked::Addr(raw),
+            )
+        }
+        Op::Close { fd } => (opcode::Close::new(types::Fd(fd)).build(), Parked::Nothing),
+        Op::Timeout { after } => {
+            let ts = Box::new(
+                types::Timespec::new()
+                    .sec(after.as_secs())
+                    .nsec(after.subsec_nanos()),
+            );
+            let ptr = &*ts as *const types::Timespec;
+            (opcode::Timeout::new(ptr).build(), Parked::Time(ts))
+        }
+        Op::Cancel { target } => {
+            let _ = id;
+            (opcode::AsyncCancel::new(target.0).build(), Parked::Nothing)
+        }
+        Op::WaitId { pidfd } => {
+            // SAFETY: siginfo_t is plain old data; all-zero is a valid value.
+            let info: Box<libc::siginfo_t> = Box::new(unsafe { std::mem::zeroed() });
+            let ptr = &*info as *const libc::siginfo_t;
+            let fd = u32::try_from(pidfd)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "negative pidfd"))?;
+            (
+                opcode::WaitId::new(libc::P_PIDFD, fd, libc::WEXITED)
+                    .infop(ptr)
+                    .build(),
+                Parked::Wait(info),
+            )
+        }
+        Op::PollAdd { fd, events } => (
+            opcode::PollAdd::new(types::Fd(fd), events).build(),
+            Parked::Nothing,
+        ),
+        Op::UnlinkAt { dirfd, path, dir } => {
+            let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
+            (
+                opcode::UnlinkAt::new(types::Fd(dirfd), path.as_ptr())
+                    .flags(flags)
+                    .build(),
+                Parked::Path(path),
+            )
+        }
+        Op::Read { fd, mut buf } => {
+            let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+            (
+                opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), len).build(),
+                Parked::Read(buf),
+            )
+        }
+        Op::Shutdown { fd, how } => (
+            opcode::Shutdown::new(types::Fd(fd), how).build(),
+            Parked::Nothing,
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::op::Seg;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    fn ring() -> Ring {
+        Ring::new(&RingConfig::default()).expect("io_uring available")
+    }
+
+    thread_local! {
+        static PENDING: std::cell::RefCell<Vec<Completion>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// Waits for the next completion with `tag`, keeping others for later calls.
+    fn wait_for(ring: &mut Ring, tag: u64) -> Completion {
+        let mut out = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        for _ in 0..1000 {
+            if let Some(pos) = out.iter().position(|c| c.tag == tag) {
+                let c = out.remove(pos);
+                PENDING.with(|p| *p.borrow_mut() = out);
+                return c;
+            }
+            ring.submit_and_wait(1).expect("enter");
+            ring.reap(&mut out);
+        }
+        panic!(
+            "no completion for tag {tag}: {:?}",
+            out.iter().map(|c| (c.tag, c.result)).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn timeout_fires_and_cancel_reports() {
+        let mut r = ring();
+        r.push(
+            Op::Timeout {
+                after: Duration::from_millis(5),
+            },
+            7,
+        )
+        .expect("push");
+        let c = wait_for(&mut r, 7);
+        assert_eq!(c.result, -libc::ETIME);
+        assert_eq!(r.in_flight(), 0);
+
+        let id = r
+            .push(
+                Op::Timeout {
+                    after: Duration::from_secs(60),
+                },
+                8,
+            )
+            .expect("push");
+        r.push(Op::Cancel { target: id }, 9).expect("push");
+        let c = wait_for(&mut r, 8);
+        assert_eq!(c.result, -libc::ECANCELED);
+        let c = wait_for(&mut r, 9);
+        assert_eq!(c.result, 0);
+    }
+
+    #[test]
+    fn accept_recv_writev_roundtrip_through_provided_buffers() {
+        let mut r = ring();
+        let bufs = r.register_buf_ring(1, 8, 64).expect("buf ring");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        r.push(
+            Op::AcceptMulti {
+                fd: listener.as_raw_fd(),
+            },
+            1,
+        )
+        .expect("push");
+        let mut client = TcpStream::connect(addr).expect("connect");
+        let c = wait_for(&mut r, 1);
+        assert!(c.more, "multishot accept stays armed");
+        assert!(c.result >= 0);
+        let fd = c.result;
+        r.push(
+            Op::RecvMulti {
+                fd,
+                bufs: bufs.clone(),
+            },
+            2,
+        )
+        .expect("push");
+        client.write_all(b"hello ring").expect("write");
+        let c = wait_for(&mut r, 2);
+        assert!(c.more);
+        let Returned::Buf(b) = c.data else {
+            panic!("expected a buffer")
+        };
+        assert_eq!(b.as_slice(), b"hello ring");
+        assert_eq!(bufs.available(), 7);
+        // Echo it back from the same buffer, plus an owned segment.
+        r.push(
+            Op::Writev {
+                fd,
+                segs: vec![Seg::Buf(b), Seg::owned(b"!".to_vec())],
+            },
+            3,
+        )
+        .expect("push");
+        let c = wait_for(&mut r, 3);
+        assert_eq!(c.result, 11);
+        drop(c);
+        assert_eq!(bufs.available(), 8, "buffer returned after the send");
+        let mut got = [0u8; 11];
+        client.read_exact(&mut got).expect("read");
+        assert_eq!(&got, b"hello ring!");
+        drop(client);
+        let c = wait_for(&mut r, 2);
+        assert_eq!(c.result, 0, "EOF ends the multishot receive");
+        assert!(!c.more);
+        r.push(Op::Close { fd }, 4).expect("push");
+        assert_eq!(wait_for(&mut r, 4).result, 0);
+    }
+
+    #[test]
+    fn recv_multishot_reports_enobufs_when_ring_runs_dry() {
+        let mut r = ring();
+        let bufs = r.register_buf_ring(2, 2, 16).expect("buf ring");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr")).expect("c");
+        let (server, _) = listener.accept().expect("accept");
+        r.push(
+            Op::RecvMulti {
+                fd: server.as_raw_fd(),
+                bufs: bufs.clone(),
+            },
+            5,
+        )
+        .expect("push");
+        let mut held = Vec::new();
+        let mut saw_enobufs = false;
+        for _ in 0..4 {
+            client.write_all(&[b'x'; 16]).expect("write");
+            std::thread::sleep(Duration::from_millis(5));
+            let c = wait_for(&mut r, 5);
+            if c.result == -libc::ENOBUFS {
+                assert!(!c.more);
+                saw_enobufs = true;
+                break;
+            }
+            if let Returned::Buf(b) = c.data {
+                held.push(b);
+            }
+        }
+        assert!(saw_enobufs, "ENOBUFS once both buffers are held");
+        assert_eq!(bufs.available(), 0);
+        held.clear();
+        assert_eq!(bufs.available(), 2);
+    }
+}
