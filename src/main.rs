@@ -1,13 +1,74 @@
 //! ringmux: the daemon's entry point. Parses the command line and hands off to
 //! the server (or, for the hidden `demo-child` subcommand, to the built-in demo
-//! MCP server that `serve --demo` spawns as its child).
+//! MCP server that `serve --demo` spawns as its child). Exit codes: 0 after a
+//! clean shutdown, 2 for invalid flags, 1 for a failure to start.
 #![deny(unsafe_code)]
 
-#[allow(dead_code)]
+mod child;
+mod cli;
+mod config;
+mod control;
+mod dataplane;
 mod demo;
-#[allow(dead_code)]
+mod error;
 mod http;
+mod msg;
+mod route;
+mod server;
 
-fn main() {
-    println!("ringmux: under construction");
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::DemoChild => {
+            let listener = match child::sys::inherited_listener() {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("ringmux demo-child: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match demo::serve(listener) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ringmux demo-child: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Serve(args) => {
+            init_logging();
+            let cfg = match args.into_config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("ringmux: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match server::run(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "ringmux failed to start");
+                    eprintln!("ringmux: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RINGMUX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
 }

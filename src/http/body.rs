@@ -83,6 +83,11 @@ impl BodyTracker {
         self.state == State::Done
     }
 
+    /// Whether the body ends only when the connection closes.
+    pub fn is_close_delimited(&self) -> bool {
+        self.state == State::Close
+    }
+
     /// Feeds the next bytes of the stream, which may extend past the end of
     /// this body. Returns how many leading bytes of `data` belong to the body
     /// (framing and trailers included). After an error every further call

@@ -98,6 +98,7 @@ impl ResponseHead {
     }
 
     /// First header called `name` (case-insensitive).
+    #[allow(dead_code, reason = "codec API, used by tests")]
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         find_header(&self.headers, name)
     }

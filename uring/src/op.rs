@@ -181,6 +181,8 @@ pub enum Returned {
     Read(Vec<u8>),
     /// How a waited-for process ended.
     Exit(ExitInfo),
+    /// A descriptor the kernel created for us (an accepted connection).
+    Fd(std::os::fd::OwnedFd),
     /// The path of an `UnlinkAt`.
     Path(CString),
 }
@@ -197,6 +199,7 @@ pub struct ExitInfo {
 /// Resources parked in the in-flight table while the kernel may use them.
 pub(crate) enum Parked {
     Nothing,
+    Accept,
     Recv(BufRing),
     Writev {
         segs: Vec<Seg>,
@@ -270,9 +273,11 @@ impl Parked {
                     status,
                 })
             }
-            Parked::Nothing | Parked::Recv(_) | Parked::Addr(_) | Parked::Time(_) => {
-                Returned::Nothing
-            }
+            Parked::Nothing
+            | Parked::Accept
+            | Parked::Recv(_)
+            | Parked::Addr(_)
+            | Parked::Time(_) => Returned::Nothing,
         }
     }
 }

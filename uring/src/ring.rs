@@ -6,7 +6,7 @@
 //! until one arrives without `IORING_CQE_F_MORE`.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
@@ -227,6 +227,11 @@ impl Ring {
             }
             let tag = inflight.tag;
             let mut data = Returned::Nothing;
+            if matches!(inflight.parked, Parked::Accept) && result >= 0 {
+                // SAFETY: a non-negative accept result is a new descriptor that
+                // nothing else in this process owns.
+                data = Returned::Fd(unsafe { OwnedFd::from_raw_fd(result) });
+            }
             if let Parked::Recv(bufs) = &inflight.parked {
                 if let Some(bid) = cqueue::buffer_select(flags) {
                     let len = usize::try_from(result).unwrap_or(0);
@@ -269,7 +274,7 @@ fn build(op: Op, id: OpId) -> io::Result<(squeue::Entry, Parked)> {
             opcode::AcceptMulti::new(types::Fd(fd))
                 .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
                 .build(),
-            Parked::Nothing,
+            Parked::Accept,
         ),
         Op::RecvMulti { fd, bufs } => (
             opcode::RecvMulti::new(types::Fd(fd), bufs.bgid()).build(),
@@ -433,8 +438,10 @@ mod tests {
         let mut client = TcpStream::connect(addr).expect("connect");
         let c = wait_for(&mut r, 1);
         assert!(c.more, "multishot accept stays armed");
-        assert!(c.result >= 0);
-        let fd = c.result;
+        let Returned::Fd(conn) = c.data else {
+            panic!("accept returns the new fd")
+        };
+        let fd = conn.as_raw_fd();
         r.push(
             Op::RecvMulti {
                 fd,
@@ -471,8 +478,7 @@ mod tests {
         let c = wait_for(&mut r, 2);
         assert_eq!(c.result, 0, "EOF ends the multishot receive");
         assert!(!c.more);
-        r.push(Op::Close { fd }, 4).expect("push");
-        assert_eq!(wait_for(&mut r, 4).result, 0);
+        drop(conn);
     }
 
     #[test]

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The one command that runs every test (CI calls it).
+#   fmt check, clippy, release build, cargo tests, Python test env, integration tests.
+# Env: PYTEST_ARGS (extra pytest args), RINGMUX_BIN (binary under test),
+#      RINGMUX_TEST_TIMEOUT (per-test seconds, default 60).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+section() { printf '\n==== %s ====\n' "$*"; }
+
+section "cargo fmt --check"
+cargo fmt --all -- --check
+
+section "cargo clippy"
+cargo clippy --all-targets -- -D warnings
+
+section "cargo build --release"
+cargo build --release
+
+section "cargo test"
+cargo test --all
+
+section "python test environment"
+scripts/setup-test-env.sh
+
+section "integration tests (pytest tests/py)"
+export RINGMUX_BIN="${RINGMUX_BIN:-$PWD/target/release/ringmux}"
+# shellcheck disable=SC2086
+.venv/bin/python -m pytest -q -p no:cacheprovider tests/py ${PYTEST_ARGS:-}
+
+section "all tests passed"

@@ -1,0 +1,156 @@
+//! The command line: clap definitions for `ringmux serve` (and the hidden
+//! `demo-child` subcommand), and their conversion into a validated [`Config`].
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+
+/// ringmux gives every reinforcement-learning rollout its own isolated copy of
+/// an MCP tool server, behind one address.
+#[derive(Debug, Parser)]
+#[command(name = "ringmux", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy: route each rollout key to its own child process.
+    ///
+    /// Example: ringmux serve --listen 127.0.0.1:8000 -- uvicorn --fd 3 my_tools:app
+    Serve(ServeArgs),
+    /// Internal: the built-in demo MCP server, run as the child of `serve --demo`.
+    #[command(hide = true)]
+    DemoChild,
+}
+
+/// Flags of `ringmux serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (one SO_REUSEPORT listener per worker). Port 0 picks
+    /// a free port; the chosen address is printed on stdout as
+    /// `ringmux: listening on http://ADDR`.
+    #[arg(long, default_value = "127.0.0.1:8000", value_name = "ADDR")]
+    pub listen: SocketAddr,
+
+    /// Data-plane worker threads, each with its own io_uring and listener
+    /// [default: number of CPU cores].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+
+    /// Parent directory for this instance's private directory (mode 0700). Each
+    /// child runs in `<instance dir>/<first 16 hex of sha256(key)>`
+    /// (`_default` for requests without a key) [default: $TMPDIR/ringmux].
+    #[arg(long, value_name = "DIR")]
+    pub base_dir: Option<PathBuf>,
+
+    /// Query parameter that carries the rollout key. Its first value selects the
+    /// child; requests without it go to one shared default child.
+    #[arg(long, default_value = "vf_state_secret", value_name = "NAME")]
+    pub key_param: String,
+
+    /// Path that closes a rollout: any method on `PATH?<key-param>=<key>` kills
+    /// the key's child, reaps it, deletes its directory, then answers `200 closed`
+    /// (also for unknown keys).
+    #[arg(long, default_value = "/vf/close", value_name = "PATH")]
+    pub close_path: String,
+
+    /// How long a new child may take to answer its first request (setup before
+    /// it accepts counts). Past it the child is killed and its waiters get 504.
+    /// Units: ms, s, m (e.g. 500ms, 30s, 2m).
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub ready_timeout: Duration,
+
+    /// Most live children at once; a request for a new key beyond it gets
+    /// `503` with `Retry-After` (existing keys are unaffected).
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub max_children: usize,
+
+    /// Run the built-in demo MCP server as the child (no COMMAND needed).
+    #[arg(long, conflicts_with = "command")]
+    pub demo: bool,
+
+    /// The child command, after `--`. It is started once per rollout key with
+    /// its listening socket on fd 3 (LISTEN_FDS=1), e.g.
+    /// `-- uvicorn --fd 3 my_tools:app`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+/// Parses `500ms`, `30s`, `2m`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 30s, 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s or m")),
+    };
+    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
+        return Err(format!("duration {s:?} out of range (0, 24h]"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl ServeArgs {
+    /// Validates the flags into a [`Config`].
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        Config::new(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("abc").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent_and_parses_a_command_after_dashes() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "ringmux",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--",
+            "uvicorn",
+            "--fd",
+            "3",
+            "m:app",
+        ])
+        .expect("parses");
+        let Command::Serve(a) = cli.command else {
+            panic!("serve expected")
+        };
+        assert_eq!(a.command, ["uvicorn", "--fd", "3", "m:app"]);
+        assert_eq!(a.key_param, "vf_state_secret");
+        assert_eq!(a.close_path, "/vf/close");
+        assert_eq!(a.ready_timeout, Duration::from_secs(30));
+    }
+}

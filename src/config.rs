@@ -1,0 +1,101 @@
+//! Validated settings of one ringmux instance (no I/O here: paths are only
+//! computed, never created).
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cli::ServeArgs;
+
+/// What a child is made from.
+#[derive(Debug, Clone)]
+pub enum ChildCommand {
+    /// `argv` of the command given after `--`.
+    Exec(Vec<OsString>),
+    /// The built-in demo MCP server (this binary's `demo-child`).
+    Demo,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address (port 0: pick one).
+    pub listen: SocketAddr,
+    /// Data-plane threads.
+    pub workers: usize,
+    /// Parent of the instance directory.
+    pub base_dir: PathBuf,
+    /// Query parameter carrying the rollout key.
+    pub key_param: String,
+    /// Path that closes a rollout.
+    pub close_path: String,
+    /// Deadline for a new child's first response.
+    pub ready_timeout: Duration,
+    /// Most live children.
+    pub max_children: usize,
+    /// The child.
+    pub child: ChildCommand,
+}
+
+/// Invalid flags.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// Neither `--demo` nor a command after `--`.
+    #[error(
+        "no child command: give one after `--` (e.g. `-- uvicorn --fd 3 app:app`) or use --demo"
+    )]
+    NoCommand,
+    /// `--workers 0` or absurdly many.
+    #[error("--workers must be between 1 and 256")]
+    Workers,
+    /// `--max-children 0`.
+    #[error("--max-children must be at least 1")]
+    MaxChildren,
+    /// Bad `--close-path`.
+    #[error("--close-path must start with '/' and contain no '?' or '#'")]
+    ClosePath,
+    /// Bad `--key-param`.
+    #[error("--key-param must be a non-empty name without '=', '&', '?' or '#'")]
+    KeyParam,
+}
+
+impl Config {
+    /// Validates `args`.
+    pub fn new(args: ServeArgs) -> Result<Config, ConfigError> {
+        let child = if args.demo {
+            ChildCommand::Demo
+        } else if args.command.is_empty() {
+            return Err(ConfigError::NoCommand);
+        } else {
+            ChildCommand::Exec(args.command)
+        };
+        let workers = args
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if workers == 0 || workers > 256 {
+            return Err(ConfigError::Workers);
+        }
+        if args.max_children == 0 {
+            return Err(ConfigError::MaxChildren);
+        }
+        if !args.close_path.starts_with('/') || args.close_path.contains(['?', '#']) {
+            return Err(ConfigError::ClosePath);
+        }
+        if args.key_param.is_empty() || args.key_param.contains(['=', '&', '?', '#']) {
+            return Err(ConfigError::KeyParam);
+        }
+        Ok(Config {
+            listen: args.listen,
+            workers,
+            base_dir: args
+                .base_dir
+                .unwrap_or_else(|| std::env::temp_dir().join("ringmux")),
+            key_param: args.key_param,
+            close_path: args.close_path,
+            ready_timeout: args.ready_timeout,
+            max_children: args.max_children,
+            child,
+        })
+    }
+}

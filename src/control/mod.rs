@@ -1,0 +1,516 @@
+//! The control plane: one thread with its own io_uring that owns every child
+//! process and directory. It spawns children on request, learns of their exit
+//! through a pidfd (`IORING_OP_WAITID`, which also reaps), kills children that
+//! miss the ready deadline, and removes directories with batched `UNLINKAT`s
+//! ([`cleanup`]).
+//!
+//! The fork lock is per directory, and it is the key's state: a key whose old
+//! child is being torn down (`Teardown`) queues new acquirers until its
+//! directory is gone, while every other key spawns at once. Nothing here runs on
+//! a data-plane thread; workers talk to it only through [`crate::msg`].
+
+pub mod cleanup;
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use ringmux_uring::op::ExitInfo;
+use ringmux_uring::{Op, OpId, Returned, Ring, RingConfig};
+use slab::Slab;
+
+use crate::child::{socket::child_listener, Spawner};
+use crate::error::ProxyError;
+use crate::msg::{Inbox, Mailbox, ToControl, ToWorker};
+use crate::route::{ChildInfo, Failure, RouteKey};
+use cleanup::{Cleanup, DIR_BIT};
+
+const KIND_SHIFT: u32 = 56;
+const K_INBOX: u64 = 1;
+const K_WAIT: u64 = 2;
+const K_READY: u64 = 3;
+const K_UNLINK: u64 = 4;
+const K_IGNORE: u64 = 5;
+const PAYLOAD: u64 = (1 << 40) - 1;
+
+fn tag(kind: u64, payload: u64) -> u64 {
+    (kind << KIND_SHIFT) | (payload & PAYLOAD)
+}
+
+/// Settings the control plane needs.
+pub struct ControlConfig {
+    /// This instance's private directory (children's directories live in it).
+    pub instance_dir: PathBuf,
+    /// An open fd of it (unlinks are relative to it).
+    pub instance_fd: OwnedFd,
+    /// Deadline for a new child's first response.
+    pub ready_timeout: Duration,
+    /// Most live children.
+    pub max_children: usize,
+}
+
+struct Live {
+    child: Arc<ChildInfo>,
+    pidfd: OwnedFd,
+    pid: u32,
+    ready_timer: Option<OpId>,
+    /// A kill was sent (close, ready timeout, shutdown).
+    killed: bool,
+}
+
+enum KeyState {
+    /// A child is running (or dying: `killed`).
+    Running {
+        live: Live,
+        closers: Vec<(usize, u64)>,
+        acquirers: Vec<usize>,
+    },
+    /// Its child is gone and its directory is being removed; this is the
+    /// per-directory fork lock.
+    Teardown {
+        closers: Vec<(usize, u64)>,
+        acquirers: Vec<usize>,
+    },
+}
+
+struct ActiveCleanup {
+    key: RouteKey,
+    work: Cleanup,
+}
+
+/// The control plane's state.
+pub struct Control {
+    ring: Ring,
+    inbox: Inbox<ToControl>,
+    workers: Vec<Mailbox<ToWorker>>,
+    spawner: Box<dyn Spawner>,
+    cfg: ControlConfig,
+    keys: HashMap<RouteKey, KeyState>,
+    by_child: HashMap<u64, RouteKey>,
+    cleanups: Slab<ActiveCleanup>,
+    next_child_id: u64,
+    live: usize,
+    shutdown: Option<mpsc::Sender<()>>,
+}
+
+impl Control {
+    /// Sets up the control ring.
+    pub fn new(
+        inbox: Inbox<ToControl>,
+        workers: Vec<Mailbox<ToWorker>>,
+        spawner: Box<dyn Spawner>,
+        cfg: ControlConfig,
+    ) -> std::io::Result<Control> {
+        let ring = Ring::new(&RingConfig {
+            sq_entries: 512,
+            cq_entries: 4096,
+            ..RingConfig::default()
+        })?;
+        // UNLINKAT runs in io-wq workers: cap them so cleanup cannot take both
+        // cores from the data plane.
+        if let Err(e) = ring.set_iowq_max_workers(2, 2) {
+            tracing::warn!(error = %e, "could not cap io-wq workers");
+        }
+        Ok(Control {
+            ring,
+            inbox,
+            workers,
+            spawner,
+            cfg,
+            keys: HashMap::new(),
+            by_child: HashMap::new(),
+            cleanups: Slab::new(),
+            next_child_id: 1,
+            live: 0,
+            shutdown: None,
+        })
+    }
+
+    /// Runs until a `Shutdown` message has been fully carried out.
+    pub fn run(mut self) {
+        let mut comps = Vec::with_capacity(256);
+        if let Err(e) = self.arm_inbox() {
+            tracing::error!(error = %e, "control: cannot arm its inbox; exiting");
+            return;
+        }
+        let mut busy = false;
+        loop {
+            // Wait for a completion unless a cleanup has work ready without one.
+            if let Err(e) = self.ring.submit_and_wait(usize::from(!busy)) {
+                tracing::error!(error = %e, "control ring failed");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            self.ring.reap(&mut comps);
+            for c in comps.drain(..) {
+                let kind = c.tag >> KIND_SHIFT;
+                let payload = c.tag & PAYLOAD;
+                match kind {
+                    K_INBOX => {
+                        self.drain_inbox();
+                        if let Err(e) = self.arm_inbox() {
+                            tracing::error!(error = %e, "control: cannot re-arm inbox");
+                        }
+                    }
+                    K_WAIT => {
+                        let exit = match c.data {
+                            Returned::Exit(e) if c.result >= 0 => Some(e),
+                            _ => None,
+                        };
+                        self.on_exit(payload, exit, c.result);
+                    }
+                    K_READY if c.result == -libc::ETIME => self.on_ready_deadline(payload),
+                    K_UNLINK => {
+                        let idx = (payload & !DIR_BIT) as usize;
+                        if let Some(a) = self.cleanups.get_mut(idx) {
+                            a.work.on_complete(c.result, c.tag & DIR_BIT != 0);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            busy = self.pump_cleanups();
+            if let Some(done) = &self.shutdown {
+                if self.keys.is_empty() && self.cleanups.is_empty() {
+                    if let Err(e) = std::fs::remove_dir(&self.cfg.instance_dir) {
+                        tracing::warn!(error = %e, dir = %self.cfg.instance_dir.display(),
+                            "could not remove instance directory");
+                    }
+                    let _ = done.send(());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn arm_inbox(&mut self) -> std::io::Result<()> {
+        self.ring.push(
+            Op::Read {
+                fd: self.inbox.wake_fd(),
+                buf: vec![0u8; 8],
+            },
+            tag(K_INBOX, 0),
+        )?;
+        Ok(())
+    }
+
+    fn drain_inbox(&mut self) {
+        let msgs: Vec<ToControl> = self.inbox.drain().collect();
+        for m in msgs {
+            match m {
+                ToControl::Acquire { key, worker } => self.acquire(key, worker),
+                ToControl::Close { key, worker, token } => self.close(key, worker, token),
+                ToControl::Shutdown { done } => self.begin_shutdown(done),
+            }
+        }
+    }
+
+    fn reply(&self, worker: usize, msg: ToWorker) {
+        if let Some(mb) = self.workers.get(worker) {
+            let _ = mb.send(msg);
+        }
+    }
+
+    fn acquire(&mut self, key: RouteKey, worker: usize) {
+        if self.shutdown.is_some() {
+            self.reply(
+                worker,
+                ToWorker::Failed {
+                    key,
+                    error: ProxyError::ShuttingDown,
+                },
+            );
+            return;
+        }
+        match self.keys.get_mut(&key) {
+            Some(KeyState::Running {
+                live, acquirers, ..
+            }) => {
+                if live.killed {
+                    if !acquirers.contains(&worker) {
+                        acquirers.push(worker);
+                    }
+                } else {
+                    let child = Arc::clone(&live.child);
+                    self.reply(worker, ToWorker::Ready { key, child });
+                }
+            }
+            Some(KeyState::Teardown { acquirers, .. }) => {
+                if !acquirers.contains(&worker) {
+                    acquirers.push(worker);
+                }
+            }
+            None => {
+                if self.live >= self.cfg.max_children {
+                    tracing::warn!(
+                        live = self.live,
+                        max = self.cfg.max_children,
+                        "at capacity: refusing a new key"
+                    );
+                    self.reply(
+                        worker,
+                        ToWorker::Failed {
+                            key,
+                            error: ProxyError::AtCapacity,
+                        },
+                    );
+                    return;
+                }
+                self.spawn_for(key, vec![worker]);
+            }
+        }
+    }
+
+    /// Spawns a child for `key` (which must have no state) and answers `acquirers`.
+    fn spawn_for(&mut self, key: RouteKey, acquirers: Vec<usize>) {
+        let label = key.label();
+        let dir = self.cfg.instance_dir.join(&label);
+        let result = (|| -> Result<Live, String> {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| format!("creating its directory: {e}"))?;
+            let (listener, addr) = child_listener().map_err(|e| format!("child socket: {e}"))?;
+            let spawned = match self.spawner.spawn(&dir, &listener, addr) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = std::fs::remove_dir(&dir);
+                    return Err(e.to_string());
+                }
+            };
+            // Our copy of the listening socket closes here: only the child holds
+            // it now, so if the child dies, queued connections are reset at once.
+            drop(listener);
+            let id = self.next_child_id;
+            self.next_child_id += 1;
+            let child = Arc::new(ChildInfo::new(id, key, addr));
+            let pidfd_raw = spawned.pidfd.as_raw_fd();
+            if let Err(e) = self
+                .ring
+                .push(Op::WaitId { pidfd: pidfd_raw }, tag(K_WAIT, id))
+            {
+                let _ = rustix::process::pidfd_send_signal(
+                    &spawned.pidfd,
+                    rustix::process::Signal::KILL,
+                );
+                return Err(format!("watching the child: {e}"));
+            }
+            let ready_timer = self
+                .ring
+                .push(
+                    Op::Timeout {
+                        after: self.cfg.ready_timeout,
+                    },
+                    tag(K_READY, id),
+                )
+                .ok();
+            tracing::info!(key = %label, pid = spawned.pid, child = id, %addr, "child spawned");
+            Ok(Live {
+                child,
+                pidfd: spawned.pidfd,
+                pid: spawned.pid,
+                ready_timer,
+                killed: false,
+            })
+        })();
+        match result {
+            Ok(live) => {
+                self.live += 1;
+                self.by_child.insert(live.child.id, key);
+                for w in &acquirers {
+                    self.reply(
+                        *w,
+                        ToWorker::Ready {
+                            key,
+                            child: Arc::clone(&live.child),
+                        },
+                    );
+                }
+                self.keys.insert(
+                    key,
+                    KeyState::Running {
+                        live,
+                        closers: Vec::new(),
+                        acquirers: Vec::new(),
+                    },
+                );
+            }
+            Err(msg) => {
+                tracing::error!(key = %label, error = %msg, "could not start child");
+                for w in acquirers {
+                    self.reply(
+                        w,
+                        ToWorker::Failed {
+                            key,
+                            error: ProxyError::SpawnFailed(msg.clone()),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, key: RouteKey, worker: usize, token: u64) {
+        match self.keys.get_mut(&key) {
+            None => self.reply(worker, ToWorker::Closed { token }),
+            Some(KeyState::Running { live, closers, .. }) => {
+                closers.push((worker, token));
+                if !live.killed {
+                    tracing::info!(key = %key.label(), pid = live.pid, "closing child");
+                    kill(live);
+                }
+            }
+            Some(KeyState::Teardown { closers, .. }) => closers.push((worker, token)),
+        }
+    }
+
+    fn on_ready_deadline(&mut self, child_id: u64) {
+        let Some(key) = self.by_child.get(&child_id).copied() else {
+            return;
+        };
+        if let Some(KeyState::Running { live, .. }) = self.keys.get_mut(&key) {
+            live.ready_timer = None;
+            if live.child.id == child_id && !live.child.is_ready() && !live.killed {
+                tracing::warn!(key = %key.label(), pid = live.pid,
+                    timeout_ms = self.cfg.ready_timeout.as_millis() as u64,
+                    "child did not become ready in time; killing it");
+                live.child.set_failure(Failure::ReadyTimeout);
+                kill(live);
+            }
+        }
+    }
+
+    fn on_exit(&mut self, child_id: u64, exit: Option<ExitInfo>, result: i32) {
+        let Some(key) = self.by_child.remove(&child_id) else {
+            return;
+        };
+        let Some(KeyState::Running {
+            live,
+            closers,
+            acquirers,
+        }) = self.keys.remove(&key)
+        else {
+            return;
+        };
+        self.live = self.live.saturating_sub(1);
+        live.child.mark_dead();
+        if let Some(t) = live.ready_timer {
+            let _ = self.ring.push(Op::Cancel { target: t }, tag(K_IGNORE, 0));
+        }
+        let label = key.label();
+        let how = match exit {
+            Some(e) if e.code == libc::CLD_EXITED => format!("exited with status {}", e.status),
+            Some(e) => format!("killed by signal {}", e.status),
+            None => format!("wait failed (errno {})", -result),
+        };
+        if live.killed {
+            tracing::info!(key = %label, pid = live.pid, %how, "child stopped");
+        } else {
+            tracing::warn!(key = %label, pid = live.pid, %how, "child died on its own");
+        }
+        drop(live.pidfd);
+        self.start_teardown(key, closers, acquirers);
+    }
+
+    fn start_teardown(&mut self, key: RouteKey, closers: Vec<(usize, u64)>, acquirers: Vec<usize>) {
+        let label = key.label();
+        match Cleanup::start(self.cfg.instance_fd.as_fd(), &label) {
+            Ok(work) => {
+                self.cleanups.insert(ActiveCleanup { key, work });
+                self.keys
+                    .insert(key, KeyState::Teardown { closers, acquirers });
+            }
+            Err(e) => {
+                tracing::error!(key = %label, error = %e, "cannot start directory cleanup");
+                self.finish_teardown(key, closers, acquirers);
+            }
+        }
+    }
+
+    /// Advances every cleanup; returns true if one has work ready that needs
+    /// no completion first.
+    fn pump_cleanups(&mut self) -> bool {
+        let mut finished = Vec::new();
+        let mut busy = false;
+        for (idx, a) in self.cleanups.iter_mut() {
+            busy |= a.work.pump(&mut self.ring, tag(K_UNLINK, idx as u64));
+            if a.work.is_done() {
+                finished.push(idx);
+            }
+        }
+        for idx in finished {
+            let a = self.cleanups.remove(idx);
+            let s = a.work.stats;
+            let label = a.key.label();
+            if s.errors > 0 {
+                tracing::warn!(key = %label, files = s.files, dirs = s.dirs, errors = s.errors,
+                    "directory cleanup finished with errors");
+            } else {
+                tracing::info!(key = %label, files = s.files, dirs = s.dirs,
+                    ms = a.work.elapsed().as_secs_f64() * 1000.0, "directory removed");
+            }
+            if let Some(KeyState::Teardown {
+                closers, acquirers, ..
+            }) = self.keys.remove(&a.key)
+            {
+                self.finish_teardown(a.key, closers, acquirers);
+            }
+        }
+        busy
+    }
+
+    fn finish_teardown(
+        &mut self,
+        key: RouteKey,
+        closers: Vec<(usize, u64)>,
+        acquirers: Vec<usize>,
+    ) {
+        for (w, token) in closers {
+            self.reply(w, ToWorker::Closed { token });
+        }
+        if acquirers.is_empty() {
+            return;
+        }
+        if self.shutdown.is_some() {
+            for w in acquirers {
+                self.reply(
+                    w,
+                    ToWorker::Failed {
+                        key,
+                        error: ProxyError::ShuttingDown,
+                    },
+                );
+            }
+        } else {
+            self.spawn_for(key, acquirers);
+        }
+    }
+
+    fn begin_shutdown(&mut self, done: mpsc::Sender<()>) {
+        tracing::info!(children = self.live, "shutting down: killing every child");
+        self.shutdown = Some(done);
+        for state in self.keys.values_mut() {
+            if let KeyState::Running { live, .. } = state {
+                if !live.killed {
+                    kill(live);
+                }
+            }
+        }
+    }
+}
+
+/// Kills a child and its process group.
+fn kill(live: &mut Live) {
+    live.killed = true;
+    live.child.mark_dead();
+    if let Err(e) = rustix::process::pidfd_send_signal(&live.pidfd, rustix::process::Signal::KILL) {
+        tracing::warn!(pid = live.pid, error = %e, "pidfd kill failed");
+    }
+    if let Some(pgid) = rustix::process::Pid::from_raw(live.pid as i32) {
+        // The child leads its own group; grandchildren die with it.
+        let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+    }
+}
+
+use std::os::unix::fs::DirBuilderExt;

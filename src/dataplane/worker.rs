@@ -1,0 +1,1211 @@
+//! One data-plane worker: the event loop and the proxying state machine.
+//!
+//! Every completion carries a tag `kind | generation | slot`; a completion for
+//! a connection that has since been closed (its slot reused or empty) is
+//! recognised by its generation and ignored — its resources were returned by
+//! the ring layer and are simply dropped.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use ringmux_uring::op::advance_segs;
+use ringmux_uring::{BufRef, BufRing, Completion, Op, Returned, Ring, RingConfig, Seg};
+use slab::Slab;
+
+use super::conn::{Client, Phase, Ref, Upstream};
+use crate::error::ProxyError;
+use crate::http::{
+    parse_request, parse_response, simple_response, BodyKind, BodyTracker, Parsed, RequestHead,
+};
+use crate::msg::{Inbox, Mailbox, ToControl, ToWorker};
+use crate::route::{ChildInfo, Failure, RouteKey};
+
+const K_ACCEPT: u64 = 1;
+const K_CRECV: u64 = 2;
+const K_CSEND: u64 = 3;
+const K_UCONN: u64 = 4;
+const K_URECV: u64 = 5;
+const K_USEND: u64 = 6;
+const K_INBOX: u64 = 7;
+const K_IGNORE: u64 = 8;
+
+/// Pause the producer when the consumer has this much queued.
+const HIGH_WATER: usize = 1 << 20;
+/// Resume it below this.
+const LOW_WATER: usize = 256 << 10;
+/// Largest request kept for a retry on a fresh upstream connection.
+const REPLAY_MAX: usize = 256 << 10;
+/// Provided buffers per worker, and their size.
+const BUF_COUNT: u16 = 2048;
+const BUF_SIZE: u32 = 16 << 10;
+/// Re-arm starved receives once this many buffers are free again.
+const REARM_FREE: usize = 64;
+
+fn tag(kind: u64, r: Ref) -> u64 {
+    (kind << 56) | (u64::from(r.1 & 0xff_ffff) << 32) | (r.0 as u64 & 0xffff_ffff)
+}
+
+fn untag(t: u64) -> (u64, Ref) {
+    (
+        t >> 56,
+        ((t & 0xffff_ffff) as usize, ((t >> 32) & 0xff_ffff) as u32),
+    )
+}
+
+/// What a worker needs to start.
+pub struct WorkerSetup {
+    /// Index of this worker (its mailbox's index at the control plane).
+    pub id: usize,
+    /// Its listening socket (`SO_REUSEPORT`).
+    pub listener: TcpListener,
+    /// Messages from the control plane.
+    pub inbox: Inbox<ToWorker>,
+    /// Messages to the control plane.
+    pub control: Mailbox<ToControl>,
+    /// Query parameter carrying the rollout key.
+    pub key_param: String,
+    /// Path that closes a rollout.
+    pub close_path: String,
+}
+
+/// A data-plane worker.
+pub struct Worker {
+    id: usize,
+    ring: Ring,
+    bufs: BufRing,
+    listener: TcpListener,
+    inbox: Inbox<ToWorker>,
+    control: Mailbox<ToControl>,
+    key_param: String,
+    close_path: String,
+    clients: Slab<Client>,
+    ups: Slab<Upstream>,
+    cache: HashMap<RouteKey, Arc<ChildInfo>>,
+    waiting: HashMap<RouteKey, Vec<Ref>>,
+    pool: HashMap<u64, Vec<Ref>>,
+    starved: Vec<(bool, Ref)>,
+    next_gen: u32,
+    stopping: bool,
+}
+
+impl Worker {
+    /// Creates the worker's ring and buffer ring (on the worker's own thread:
+    /// the ring is single-issuer).
+    pub fn new(setup: WorkerSetup) -> std::io::Result<Worker> {
+        let mut ring = Ring::new(&RingConfig::default())?;
+        let bufs = ring.register_buf_ring(0, BUF_COUNT, BUF_SIZE)?;
+        Ok(Worker {
+            id: setup.id,
+            ring,
+            bufs,
+            listener: setup.listener,
+            inbox: setup.inbox,
+            control: setup.control,
+            key_param: setup.key_param,
+            close_path: setup.close_path,
+            clients: Slab::with_capacity(1024),
+            ups: Slab::with_capacity(1024),
+            cache: HashMap::new(),
+            waiting: HashMap::new(),
+            pool: HashMap::new(),
+            starved: Vec::new(),
+            next_gen: 1,
+            stopping: false,
+        })
+    }
+
+    /// Runs the event loop until told to shut down.
+    pub fn run(mut self) {
+        let lfd = self.listener.as_raw_fd();
+        if let Err(e) = self
+            .ring
+            .push(Op::AcceptMulti { fd: lfd }, tag(K_ACCEPT, (0, 0)))
+        {
+            tracing::error!(worker = self.id, error = %e, "cannot arm accept");
+            return;
+        }
+        if let Err(e) = self.arm_inbox() {
+            tracing::error!(worker = self.id, error = %e, "cannot arm inbox");
+            return;
+        }
+        let mut comps: Vec<Completion> = Vec::with_capacity(1024);
+        while !self.stopping {
+            if let Err(e) = self.ring.submit_and_wait(1) {
+                tracing::error!(worker = self.id, error = %e, "ring enter failed");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            self.ring.reap(&mut comps);
+            for c in comps.drain(..) {
+                self.dispatch(c);
+            }
+            self.rearm_starved();
+        }
+    }
+
+    fn gen(&mut self) -> u32 {
+        let g = self.next_gen;
+        self.next_gen = (self.next_gen + 1) & 0xff_ffff;
+        if self.next_gen == 0 {
+            self.next_gen = 1;
+        }
+        g
+    }
+
+    fn arm_inbox(&mut self) -> std::io::Result<()> {
+        self.ring.push(
+            Op::Read {
+                fd: self.inbox.wake_fd(),
+                buf: vec![0u8; 8],
+            },
+            tag(K_INBOX, (0, 0)),
+        )?;
+        Ok(())
+    }
+
+    fn dispatch(&mut self, c: Completion) {
+        let (kind, r) = untag(c.tag);
+        match kind {
+            K_ACCEPT => self.on_accept(c),
+            K_INBOX => {
+                self.on_inbox();
+                if !self.stopping {
+                    if let Err(e) = self.arm_inbox() {
+                        tracing::error!(worker = self.id, error = %e, "cannot re-arm inbox");
+                    }
+                }
+            }
+            K_CRECV => self.on_client_recv(r, c),
+            K_CSEND => self.on_client_sent(r, c),
+            K_UCONN => self.on_up_connected(r, c.result),
+            K_URECV => self.on_up_recv(r, c),
+            K_USEND => self.on_up_sent(r, c),
+            _ => {}
+        }
+    }
+
+    // ----- validity helpers -------------------------------------------------
+
+    fn client_ok(&self, r: Ref) -> bool {
+        self.clients.get(r.0).is_some_and(|c| c.gen == r.1)
+    }
+
+    fn up_ok(&self, r: Ref) -> bool {
+        self.ups.get(r.0).is_some_and(|u| u.gen == r.1)
+    }
+
+    // ----- accept -----------------------------------------------------------
+
+    fn on_accept(&mut self, c: Completion) {
+        if let Returned::Fd(fd) = c.data {
+            let _ = rustix::net::sockopt::set_tcp_nodelay(&fd, true);
+            let gen = self.gen();
+            let idx = self.clients.insert(Client::new(fd, gen));
+            self.arm_client_recv((idx, gen));
+        } else if c.result != -libc::ECANCELED {
+            tracing::warn!(worker = self.id, errno = -c.result, "accept failed");
+        }
+        if !c.more && !self.stopping {
+            let lfd = self.listener.as_raw_fd();
+            if let Err(e) = self
+                .ring
+                .push(Op::AcceptMulti { fd: lfd }, tag(K_ACCEPT, (0, 0)))
+            {
+                tracing::error!(worker = self.id, error = %e, "cannot re-arm accept");
+            }
+        }
+    }
+
+    // ----- control messages -------------------------------------------------
+
+    fn on_inbox(&mut self) {
+        let msgs: Vec<ToWorker> = self.inbox.drain().collect();
+        for m in msgs {
+            match m {
+                ToWorker::Ready { key, child } => {
+                    self.cache.insert(key, Arc::clone(&child));
+                    for r in self.waiting.remove(&key).unwrap_or_default() {
+                        self.resume_waiter(r, &child);
+                    }
+                }
+                ToWorker::Failed { key, error } => {
+                    for r in self.waiting.remove(&key).unwrap_or_default() {
+                        if self.client_ok(r)
+                            && matches!(self.clients[r.0].phase, Phase::Waiting { .. })
+                        {
+                            self.respond_error(r, &error);
+                        }
+                    }
+                }
+                ToWorker::Closed { token } => {
+                    let r = ((token & 0xffff_ffff) as usize, (token >> 32) as u32);
+                    if self.client_ok(r) {
+                        if let Phase::Closing { answered, .. } = &mut self.clients[r.0].phase {
+                            *answered = true;
+                        }
+                        self.process_client(r);
+                    }
+                }
+                ToWorker::Shutdown => self.stopping = true,
+            }
+        }
+    }
+
+    fn resume_waiter(&mut self, r: Ref, child: &Arc<ChildInfo>) {
+        if !self.client_ok(r) {
+            return;
+        }
+        let phase = std::mem::replace(&mut self.clients[r.0].phase, Phase::Head);
+        match phase {
+            Phase::Waiting { head, .. } => {
+                self.start_proxy(r, Arc::clone(child), *head);
+                self.resume_client_recv(r);
+            }
+            other => self.clients[r.0].phase = other,
+        }
+    }
+
+    // ----- client receive ---------------------------------------------------
+
+    fn arm_client_recv(&mut self, r: Ref) {
+        let Some(c) = self.clients.get_mut(r.0) else {
+            return;
+        };
+        if c.recv.op.is_some() || c.eof {
+            return;
+        }
+        let fd = c.fd.as_raw_fd();
+        match self.ring.push(
+            Op::RecvMulti {
+                fd,
+                bufs: self.bufs.clone(),
+            },
+            tag(K_CRECV, r),
+        ) {
+            Ok(id) => {
+                c.recv.op = Some(id);
+                c.recv.cancel_sent = false;
+                c.recv.starved = false;
+            }
+            Err(e) => {
+                tracing::warn!(worker = self.id, error = %e, "cannot arm client receive");
+                self.close_client(r);
+            }
+        }
+    }
+
+    fn pause_client_recv(&mut self, r: Ref) {
+        let Some(c) = self.clients.get_mut(r.0) else {
+            return;
+        };
+        c.recv.paused = true;
+        if let (Some(op), false) = (c.recv.op, c.recv.cancel_sent) {
+            c.recv.cancel_sent = true;
+            let _ = self.ring.push(Op::Cancel { target: op }, tag(K_IGNORE, r));
+        }
+    }
+
+    fn resume_client_recv(&mut self, r: Ref) {
+        let Some(c) = self.clients.get_mut(r.0) else {
+            return;
+        };
+        if !c.recv.paused {
+            return;
+        }
+        c.recv.paused = false;
+        if c.recv.op.is_none() && !c.recv.starved {
+            self.arm_client_recv(r);
+        }
+    }
+
+    fn on_client_recv(&mut self, r: Ref, c: Completion) {
+        if !self.client_ok(r) {
+            return;
+        }
+        let cl = &mut self.clients[r.0];
+        if !c.more {
+            cl.recv.op = None;
+        }
+        match (c.result, c.data) {
+            (n, Returned::Buf(buf)) if n > 0 => {
+                cl.pending_bytes += buf.len();
+                cl.pending.push_back(buf);
+                self.process_client(r);
+            }
+            (0, _) => {
+                cl.eof = true;
+                self.on_client_eof(r);
+                return;
+            }
+            (e, _) if e == -libc::ENOBUFS => {
+                cl.recv.starved = true;
+                self.starved.push((false, r));
+                return;
+            }
+            (e, _) if e == -libc::ECANCELED => {}
+            (e, _) if e < 0 => {
+                tracing::debug!(worker = self.id, errno = -e, "client receive failed");
+                self.abort_client(r);
+                return;
+            }
+            _ => {}
+        }
+        if !self.client_ok(r) {
+            return;
+        }
+        let cl = &mut self.clients[r.0];
+        if cl.recv.op.is_none() && !cl.recv.paused && !cl.recv.starved && !cl.eof {
+            self.arm_client_recv(r);
+        }
+    }
+
+    fn on_client_eof(&mut self, r: Ref) {
+        let cl = &self.clients[r.0];
+        let idle = matches!(cl.phase, Phase::Head) && cl.pending.is_empty();
+        if idle {
+            if cl.out.is_idle() {
+                self.close_client(r);
+            } else {
+                self.clients[r.0].close_after_flush = true;
+            }
+        } else {
+            // The client went away mid-exchange (for SSE: cancellation). Drop
+            // the upstream side at once so the child sees the disconnect.
+            self.abort_client(r);
+        }
+    }
+
+    /// Consumes as much of the client's pending input as the current phase allows.
+    fn process_client(&mut self, r: Ref) {
+        loop {
+            if !self.client_ok(r) {
+                return;
+            }
+            let cl = &mut self.clients[r.0];
+            match &mut cl.phase {
+                Phase::Head => {
+                    if cl.close_after_flush {
+                        return;
+                    }
+                    let Some(buf) = cl.pending.pop_front() else {
+                        if cl.eof {
+                            self.on_client_eof(r);
+                        }
+                        return;
+                    };
+                    cl.pending_bytes -= buf.len();
+                    let prev = cl.head_acc.len();
+                    let parsed = if prev == 0 {
+                        parse_request(buf.as_slice())
+                    } else {
+                        cl.head_acc.extend_from_slice(buf.as_slice());
+                        parse_request(&cl.head_acc)
+                    };
+                    match parsed {
+                        Ok(Parsed::Complete { head, head_len }) => {
+                            let used = head_len - prev;
+                            let rest = buf.slice(used, buf.len());
+                            cl.head_acc.clear();
+                            if !rest.is_empty() {
+                                cl.pending_bytes += rest.len();
+                                cl.pending.push_front(rest);
+                            }
+                            self.on_request_head(r, head);
+                        }
+                        Ok(Parsed::Partial) => {
+                            if prev == 0 {
+                                cl.head_acc.extend_from_slice(buf.as_slice());
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(worker = self.id, error = %e, "bad request");
+                            let cl = &mut self.clients[r.0];
+                            cl.pending.clear();
+                            cl.pending_bytes = 0;
+                            cl.head_acc.clear();
+                            self.respond_error(r, &ProxyError::BadRequest(e));
+                            return;
+                        }
+                    }
+                }
+                Phase::Waiting { .. } => {
+                    if cl.pending_bytes > HIGH_WATER {
+                        self.pause_client_recv(r);
+                    }
+                    return;
+                }
+                Phase::Closing { body, answered } => {
+                    while !body.is_done() {
+                        let Some(mut buf) = cl.pending.pop_front() else {
+                            break;
+                        };
+                        cl.pending_bytes -= buf.len();
+                        match body.feed(buf.as_slice()) {
+                            Ok(n) => {
+                                buf.advance(n);
+                                if !buf.is_empty() {
+                                    cl.pending_bytes += buf.len();
+                                    cl.pending.push_front(buf);
+                                }
+                            }
+                            Err(e) => {
+                                let e = ProxyError::BadRequest(e);
+                                cl.pending.clear();
+                                cl.pending_bytes = 0;
+                                self.respond_error(r, &e);
+                                return;
+                            }
+                        }
+                    }
+                    if !(body.is_done() && *answered) {
+                        return;
+                    }
+                    let close = !cl.keep_alive;
+                    cl.phase = Phase::Head;
+                    cl.out
+                        .push(Seg::owned(simple_response(200, "closed", &[], close)));
+                    if close {
+                        cl.close_after_flush = true;
+                    }
+                    self.flush_client(r);
+                }
+                Phase::Proxy { up, body } => {
+                    let up = *up;
+                    if body.is_done() {
+                        return;
+                    }
+                    let mut segs = Vec::new();
+                    let mut err = None;
+                    while !body.is_done() {
+                        let Some(buf) = cl.pending.pop_front() else {
+                            break;
+                        };
+                        cl.pending_bytes -= buf.len();
+                        match body.feed(buf.as_slice()) {
+                            Ok(n) => {
+                                if n < buf.len() {
+                                    let rest = buf.slice(n, buf.len());
+                                    cl.pending_bytes += rest.len();
+                                    cl.pending.push_front(rest);
+                                }
+                                if n > 0 {
+                                    segs.push(buf.slice(0, n));
+                                }
+                            }
+                            Err(e) => {
+                                err = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    let done = body.is_done();
+                    if let Some(e) = err {
+                        // A broken request body cannot be forwarded meaningfully.
+                        tracing::debug!(worker = self.id, error = %e, "bad request body");
+                        self.drop_upstream(up);
+                        let cl = &mut self.clients[r.0];
+                        cl.pending.clear();
+                        cl.pending_bytes = 0;
+                        cl.phase = Phase::Head;
+                        self.respond_error(r, &ProxyError::BadRequest(e));
+                        return;
+                    }
+                    self.send_upstream(up, segs, done);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_request_head(&mut self, r: Ref, head: RequestHead) {
+        let key_val = head.query_param(&self.key_param);
+        let key = RouteKey::from_key(key_val.as_deref());
+        let cl = &mut self.clients[r.0];
+        cl.keep_alive = head.keep_alive;
+        if head.path() == self.close_path {
+            cl.phase = Phase::Closing {
+                body: BodyTracker::new(head.body),
+                answered: false,
+            };
+            let token = (u64::from(r.1) << 32) | r.0 as u64;
+            if self
+                .control
+                .send(ToControl::Close {
+                    key,
+                    worker: self.id,
+                    token,
+                })
+                .is_err()
+            {
+                self.respond_error(r, &ProxyError::ShuttingDown);
+            }
+            return;
+        }
+        if let Some(child) = self.cache.get(&key) {
+            if child.is_alive() {
+                let child = Arc::clone(child);
+                self.start_proxy(r, child, head);
+                return;
+            }
+            self.cache.remove(&key);
+            self.drop_pool(key);
+        }
+        self.clients[r.0].phase = Phase::Waiting {
+            head: Box::new(head),
+        };
+        let list = self.waiting.entry(key).or_default();
+        list.push(r);
+        if list.len() == 1
+            && self
+                .control
+                .send(ToControl::Acquire {
+                    key,
+                    worker: self.id,
+                })
+                .is_err()
+        {
+            self.waiting.remove(&key);
+            self.respond_error(r, &ProxyError::ShuttingDown);
+        }
+    }
+
+    // ----- proxying ---------------------------------------------------------
+
+    fn start_proxy(&mut self, r: Ref, child: Arc<ChildInfo>, head: RequestHead) {
+        let up = match self.take_pooled(&child) {
+            Some(u) => u,
+            None => match self.new_upstream(&child) {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::warn!(worker = self.id, error = %e, "cannot open upstream socket");
+                    self.respond_error(r, &ProxyError::ChildUnreachable);
+                    return;
+                }
+            },
+        };
+        let mut h = Vec::with_capacity(512);
+        head.write_upstream(&child.host, &mut h);
+        let u = &mut self.ups[up.0];
+        u.client = Some(r);
+        u.req_is_head = head.is_head();
+        if u.reused {
+            u.replay = Some(Vec::new());
+        }
+        self.clients[r.0].phase = Phase::Proxy {
+            up,
+            body: BodyTracker::new(head.body),
+        };
+        let body_done = matches!(head.body, BodyKind::None | BodyKind::Length(0));
+        self.queue_upstream(up, Seg::owned(h));
+        if body_done {
+            self.ups[up.0].req_done = true;
+            self.flush_upstream(up);
+        } else {
+            self.process_client(r);
+        }
+    }
+
+    fn queue_upstream(&mut self, up: Ref, seg: Seg) {
+        let u = &mut self.ups[up.0];
+        if let Some(rep) = &mut u.replay {
+            u.replay_bytes += seg.len();
+            if u.replay_bytes > REPLAY_MAX {
+                u.replay = None;
+            } else {
+                rep.push(clone_seg(&seg));
+            }
+        }
+        u.out.push(seg);
+    }
+
+    fn send_upstream(&mut self, up: Ref, segs: Vec<BufRef>, done: bool) {
+        if !self.up_ok(up) {
+            return;
+        }
+        for s in segs {
+            self.queue_upstream(up, Seg::Buf(s));
+        }
+        if done {
+            self.ups[up.0].req_done = true;
+        }
+        self.flush_upstream(up);
+        let u = &self.ups[up.0];
+        if u.out.bytes > HIGH_WATER {
+            if let Some(c) = u.client {
+                self.pause_client_recv(c);
+            }
+        }
+    }
+
+    fn take_pooled(&mut self, child: &Arc<ChildInfo>) -> Option<Ref> {
+        loop {
+            let r = self.pool.get_mut(&child.id)?.pop()?;
+            if self.up_ok(r) && self.ups[r.0].client.is_none() && self.ups[r.0].recv.op.is_some() {
+                self.ups[r.0].reused = true;
+                return Some(r);
+            }
+        }
+    }
+
+    fn drop_pool(&mut self, key: RouteKey) {
+        let ids: Vec<u64> = self
+            .pool
+            .keys()
+            .copied()
+            .filter(|id| {
+                self.pool[id]
+                    .iter()
+                    .any(|r| self.up_ok(*r) && self.ups[r.0].child.key == key)
+            })
+            .collect();
+        for id in ids {
+            for r in self.pool.remove(&id).unwrap_or_default() {
+                if self.up_ok(r) && self.ups[r.0].client.is_none() {
+                    self.close_up(r);
+                }
+            }
+        }
+    }
+
+    fn new_upstream(&mut self, child: &Arc<ChildInfo>) -> std::io::Result<Ref> {
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(child.addr),
+            socket2::Type::STREAM.cloexec().nonblocking(),
+            Some(socket2::Protocol::TCP),
+        )?;
+        sock.set_tcp_nodelay(true)?;
+        let fd: OwnedFd = sock.into();
+        let raw = fd.as_raw_fd();
+        let gen = self.gen();
+        let idx = self.ups.insert(Upstream::new(fd, gen, Arc::clone(child)));
+        let r = (idx, gen);
+        if let Err(e) = self.ring.push(
+            Op::Connect {
+                fd: raw,
+                addr: child.addr,
+            },
+            tag(K_UCONN, r),
+        ) {
+            self.ups.remove(idx);
+            return Err(e);
+        }
+        Ok(r)
+    }
+
+    fn on_up_connected(&mut self, up: Ref, result: i32) {
+        if !self.up_ok(up) {
+            return;
+        }
+        if result < 0 {
+            tracing::debug!(worker = self.id, errno = -result, "connect to child failed");
+            self.upstream_failed(up, ProxyError::ChildUnreachable);
+            return;
+        }
+        self.ups[up.0].connected = true;
+        self.arm_up_recv(up);
+        self.flush_upstream(up);
+    }
+
+    fn arm_up_recv(&mut self, up: Ref) {
+        let Some(u) = self.ups.get_mut(up.0) else {
+            return;
+        };
+        if u.recv.op.is_some() {
+            return;
+        }
+        let fd = u.fd.as_raw_fd();
+        match self.ring.push(
+            Op::RecvMulti {
+                fd,
+                bufs: self.bufs.clone(),
+            },
+            tag(K_URECV, up),
+        ) {
+            Ok(id) => {
+                u.recv.op = Some(id);
+                u.recv.cancel_sent = false;
+                u.recv.starved = false;
+            }
+            Err(e) => {
+                tracing::warn!(worker = self.id, error = %e, "cannot arm upstream receive");
+                self.upstream_failed(up, ProxyError::ChildUnreachable);
+            }
+        }
+    }
+
+    fn pause_up_recv(&mut self, up: Ref) {
+        let Some(u) = self.ups.get_mut(up.0) else {
+            return;
+        };
+        u.recv.paused = true;
+        if let (Some(op), false) = (u.recv.op, u.recv.cancel_sent) {
+            u.recv.cancel_sent = true;
+            let _ = self.ring.push(Op::Cancel { target: op }, tag(K_IGNORE, up));
+        }
+    }
+
+    fn resume_up_recv(&mut self, up: Ref) {
+        let Some(u) = self.ups.get_mut(up.0) else {
+            return;
+        };
+        if !u.recv.paused {
+            return;
+        }
+        u.recv.paused = false;
+        if u.recv.op.is_none() && !u.recv.starved && u.connected {
+            self.arm_up_recv(up);
+        }
+    }
+
+    fn flush_upstream(&mut self, up: Ref) {
+        let Some(u) = self.ups.get_mut(up.0) else {
+            return;
+        };
+        if !u.connected || u.out.in_flight || u.out.q.is_empty() {
+            return;
+        }
+        let segs = std::mem::take(&mut u.out.q);
+        let fd = u.fd.as_raw_fd();
+        match self.ring.push(Op::Writev { fd, segs }, tag(K_USEND, up)) {
+            Ok(_) => u.out.in_flight = true,
+            Err(e) => {
+                tracing::warn!(worker = self.id, error = %e, "cannot queue upstream send");
+                self.upstream_failed(up, ProxyError::ChildUnreachable);
+            }
+        }
+    }
+
+    fn on_up_sent(&mut self, up: Ref, c: Completion) {
+        if !self.up_ok(up) {
+            return;
+        }
+        let u = &mut self.ups[up.0];
+        u.out.in_flight = false;
+        if c.result < 0 {
+            tracing::debug!(worker = self.id, errno = -c.result, "send to child failed");
+            self.upstream_failed(up, ProxyError::ChildUnreachable);
+            return;
+        }
+        let n = c.result as usize;
+        u.out.bytes = u.out.bytes.saturating_sub(n);
+        if let Returned::Segs(mut segs) = c.data {
+            advance_segs(&mut segs, n);
+            if !segs.is_empty() {
+                segs.append(&mut u.out.q);
+                u.out.q = segs;
+            }
+        }
+        let low = u.out.bytes < LOW_WATER;
+        let client = u.client;
+        self.flush_upstream(up);
+        if low {
+            if let Some(cr) = client {
+                if self.client_ok(cr) {
+                    self.resume_client_recv(cr);
+                }
+            }
+        }
+    }
+
+    fn on_up_recv(&mut self, up: Ref, c: Completion) {
+        if !self.up_ok(up) {
+            return;
+        }
+        if !c.more {
+            self.ups[up.0].recv.op = None;
+        }
+        match (c.result, c.data) {
+            (n, Returned::Buf(buf)) if n > 0 => self.on_up_data(up, buf),
+            (0, _) => {
+                self.on_up_eof(up);
+                return;
+            }
+            (e, _) if e == -libc::ENOBUFS => {
+                self.ups[up.0].recv.starved = true;
+                self.starved.push((true, up));
+                return;
+            }
+            (e, _) if e == -libc::ECANCELED => {}
+            (e, _) if e < 0 => {
+                tracing::debug!(worker = self.id, errno = -e, "receive from child failed");
+                self.on_up_eof(up);
+                return;
+            }
+            _ => {}
+        }
+        if !self.up_ok(up) {
+            return;
+        }
+        let u = &self.ups[up.0];
+        if u.recv.op.is_none() && !u.recv.paused && !u.recv.starved {
+            self.arm_up_recv(up);
+        }
+    }
+
+    fn on_up_data(&mut self, up: Ref, mut buf: BufRef) {
+        let u = &mut self.ups[up.0];
+        u.got_bytes = true;
+        u.replay = None;
+        let Some(cr) = u.client else {
+            // Bytes from an idle pooled connection: the child is not speaking
+            // HTTP as we understand it; drop the connection.
+            self.close_up(up);
+            return;
+        };
+        if !self.client_ok(cr) {
+            self.close_up(up);
+            return;
+        }
+        // Response head(s).
+        while self.ups[up.0].body.is_none() {
+            let u = &mut self.ups[up.0];
+            let prev = u.head_acc.len();
+            let parsed = if prev == 0 {
+                parse_response(buf.as_slice(), u.req_is_head)
+            } else {
+                u.head_acc.extend_from_slice(buf.as_slice());
+                parse_response(&u.head_acc, u.req_is_head)
+            };
+            match parsed {
+                Ok(Parsed::Partial) => {
+                    if prev == 0 {
+                        u.head_acc.extend_from_slice(buf.as_slice());
+                    }
+                    return;
+                }
+                Ok(Parsed::Complete { head, head_len }) => {
+                    u.head_acc.clear();
+                    buf.advance(head_len - prev);
+                    let child = Arc::clone(&u.child);
+                    if child.mark_ready() {
+                        tracing::debug!(
+                            worker = self.id,
+                            child = child.id,
+                            ms = child.spawned.elapsed().as_secs_f64() * 1000.0,
+                            "child answered its first request"
+                        );
+                    }
+                    let cl = &mut self.clients[cr.0];
+                    let mut h = Vec::with_capacity(512);
+                    if head.is_informational() {
+                        head.write_downstream(true, &mut h);
+                        cl.out.push(Seg::owned(h));
+                        continue;
+                    }
+                    if head.body == BodyKind::CloseDelimited {
+                        cl.keep_alive = false;
+                    }
+                    head.write_downstream(cl.keep_alive, &mut h);
+                    cl.out.push(Seg::owned(h));
+                    let u = &mut self.ups[up.0];
+                    u.reusable = head.keep_alive;
+                    u.body = Some(BodyTracker::new(head.body));
+                }
+                Err(e) => {
+                    tracing::warn!(worker = self.id, error = %e, "invalid response from child");
+                    self.upstream_failed(up, ProxyError::BadResponse(e));
+                    return;
+                }
+            }
+        }
+        // Response body.
+        let u = &mut self.ups[up.0];
+        let Some(body) = u.body.as_mut() else {
+            return;
+        };
+        let mut finished = body.is_done();
+        if !buf.is_empty() && !finished {
+            match body.feed(buf.as_slice()) {
+                Ok(n) => {
+                    if n < buf.len() {
+                        // Bytes past the end of the response: never reuse.
+                        u.reusable = false;
+                    }
+                    let part = buf.slice(0, n);
+                    self.clients[cr.0].out.push(Seg::Buf(part));
+                    finished = self.ups[up.0].body.as_ref().is_some_and(|b| b.is_done());
+                }
+                Err(e) => {
+                    tracing::warn!(worker = self.id, error = %e, "bad response body framing");
+                    self.ups[up.0].reusable = false;
+                    self.flush_client(cr);
+                    self.abort_client(cr);
+                    return;
+                }
+            }
+        } else if !buf.is_empty() {
+            u.reusable = false;
+        }
+        self.flush_client(cr);
+        if finished {
+            self.finish_exchange(up, cr);
+        } else if self.client_ok(cr) && self.clients[cr.0].out.bytes > HIGH_WATER {
+            self.pause_up_recv(up);
+        }
+    }
+
+    fn on_up_eof(&mut self, up: Ref) {
+        let u = &self.ups[up.0];
+        let Some(cr) = u.client else {
+            self.close_up(up);
+            return;
+        };
+        if let Some(body) = &u.body {
+            if body.is_close_delimited() {
+                self.ups[up.0].reusable = false;
+                self.finish_exchange(up, cr);
+            } else {
+                // Truncated response: end the client connection once what we
+                // have is sent, so it does not wait forever.
+                self.close_up(up);
+                if self.client_ok(cr) {
+                    self.clients[cr.0].close_after_flush = true;
+                    self.clients[cr.0].keep_alive = false;
+                    self.flush_client(cr);
+                }
+            }
+            return;
+        }
+        self.upstream_failed(up, ProxyError::ChildClosed);
+    }
+
+    /// The upstream connection failed before a response head reached the
+    /// client: retry once on a fresh connection if the failed one was reused
+    /// and we still hold the request; else answer the client with an error.
+    fn upstream_failed(&mut self, up: Ref, err: ProxyError) {
+        let u = &mut self.ups[up.0];
+        let cr = u.client;
+        let child = Arc::clone(&u.child);
+        let can_retry = u.reused && !u.got_bytes && u.req_done && u.replay.is_some();
+        let replay = u.replay.take();
+        self.close_up(up);
+        let Some(cr) = cr else {
+            return;
+        };
+        if !self.client_ok(cr) {
+            return;
+        }
+        if can_retry && child.is_alive() {
+            if let (Some(segs), Ok(nu)) = (replay, self.new_upstream(&child)) {
+                tracing::debug!(
+                    worker = self.id,
+                    "retrying on a fresh connection to the child"
+                );
+                let u = &mut self.ups[nu.0];
+                u.client = Some(cr);
+                u.req_done = true;
+                for s in segs {
+                    u.out.push(s);
+                }
+                if let Phase::Proxy { up: p, .. } = &mut self.clients[cr.0].phase {
+                    *p = nu;
+                }
+                return;
+            }
+        }
+        let err = if child.failure() == Failure::ReadyTimeout {
+            ProxyError::ReadyTimeout
+        } else {
+            err
+        };
+        let body_done = match &self.clients[cr.0].phase {
+            Phase::Proxy { body, .. } => body.is_done(),
+            _ => true,
+        };
+        let cl = &mut self.clients[cr.0];
+        cl.phase = Phase::Head;
+        if !body_done {
+            cl.keep_alive = false;
+        }
+        if cl.out.bytes > 0 {
+            // A 1xx was already forwarded; an error now would be confusing.
+            cl.close_after_flush = true;
+            self.flush_client(cr);
+            return;
+        }
+        self.respond_error(cr, &err);
+    }
+
+    fn finish_exchange(&mut self, up: Ref, cr: Ref) {
+        let u = &mut self.ups[up.0];
+        let req_done = match self.clients.get(cr.0).map(|c| &c.phase) {
+            Some(Phase::Proxy { body, .. }) => body.is_done(),
+            _ => true,
+        };
+        let reusable = u.reusable && req_done && u.out.is_idle() && u.child.is_alive();
+        let child_id = u.child.id;
+        u.reset_exchange();
+        if reusable {
+            self.pool.entry(child_id).or_default().push(up);
+            if self.ups[up.0].recv.paused {
+                self.resume_up_recv(up);
+            }
+        } else {
+            self.close_up(up);
+        }
+        if !self.client_ok(cr) {
+            return;
+        }
+        let cl = &mut self.clients[cr.0];
+        cl.phase = Phase::Head;
+        if !req_done || !cl.keep_alive {
+            cl.close_after_flush = true;
+            cl.pending.clear();
+            cl.pending_bytes = 0;
+            if cl.out.is_idle() {
+                self.close_client(cr);
+            }
+            return;
+        }
+        if cl.recv.paused {
+            self.resume_client_recv(cr);
+        }
+        self.process_client(cr);
+    }
+
+    // ----- client send --------------------------------------------------------
+
+    fn respond_error(&mut self, r: Ref, err: &ProxyError) {
+        let Some(cl) = self.clients.get_mut(r.0) else {
+            return;
+        };
+        let close = !cl.keep_alive || matches!(err, ProxyError::BadRequest(_));
+        cl.phase = Phase::Head;
+        cl.out.push(Seg::owned(err.response(close)));
+        if close {
+            cl.close_after_flush = true;
+            cl.pending.clear();
+            cl.pending_bytes = 0;
+        }
+        self.flush_client(r);
+        if !close {
+            self.process_client(r);
+        }
+    }
+
+    fn flush_client(&mut self, r: Ref) {
+        let Some(cl) = self.clients.get_mut(r.0) else {
+            return;
+        };
+        if cl.out.in_flight || cl.out.q.is_empty() {
+            return;
+        }
+        let segs = std::mem::take(&mut cl.out.q);
+        let fd = cl.fd.as_raw_fd();
+        match self.ring.push(Op::Writev { fd, segs }, tag(K_CSEND, r)) {
+            Ok(_) => cl.out.in_flight = true,
+            Err(e) => {
+                tracing::warn!(worker = self.id, error = %e, "cannot queue client send");
+                self.abort_client(r);
+            }
+        }
+    }
+
+    fn on_client_sent(&mut self, r: Ref, c: Completion) {
+        if !self.client_ok(r) {
+            return;
+        }
+        let cl = &mut self.clients[r.0];
+        cl.out.in_flight = false;
+        if c.result < 0 {
+            tracing::debug!(worker = self.id, errno = -c.result, "send to client failed");
+            self.abort_client(r);
+            return;
+        }
+        let n = c.result as usize;
+        cl.out.bytes = cl.out.bytes.saturating_sub(n);
+        if let Returned::Segs(mut segs) = c.data {
+            advance_segs(&mut segs, n);
+            if !segs.is_empty() {
+                segs.append(&mut cl.out.q);
+                cl.out.q = segs;
+            }
+        }
+        if cl.out.is_idle() && cl.close_after_flush {
+            self.close_client(r);
+            return;
+        }
+        let low = cl.out.bytes < LOW_WATER;
+        let up = match &cl.phase {
+            Phase::Proxy { up, .. } => Some(*up),
+            _ => None,
+        };
+        self.flush_client(r);
+        if let (true, Some(up)) = (low, up) {
+            if self.up_ok(up) {
+                self.resume_up_recv(up);
+            }
+        }
+    }
+
+    // ----- teardown ---------------------------------------------------------
+
+    /// Client gone or broken: drop it and whatever upstream it was using.
+    fn abort_client(&mut self, r: Ref) {
+        if !self.client_ok(r) {
+            return;
+        }
+        if let Phase::Proxy { up, .. } = self.clients[r.0].phase {
+            self.drop_upstream(up);
+        }
+        self.close_client(r);
+    }
+
+    fn drop_upstream(&mut self, up: Ref) {
+        if self.up_ok(up) {
+            self.close_up(up);
+        }
+    }
+
+    fn close_client(&mut self, r: Ref) {
+        if !self.client_ok(r) {
+            return;
+        }
+        let cl = self.clients.remove(r.0);
+        if let Phase::Proxy { up, .. } = cl.phase {
+            if self.up_ok(up) && self.ups[up.0].client == Some(r) {
+                self.close_up(up);
+            }
+        }
+        // shutdown() ends the multishot receive still in flight on it; the
+        // close itself happens when `fd` drops here.
+        let _ = rustix::net::shutdown(cl.fd.as_fd(), rustix::net::Shutdown::Both);
+    }
+
+    fn close_up(&mut self, up: Ref) {
+        if !self.up_ok(up) {
+            return;
+        }
+        let u = self.ups.remove(up.0);
+        let _ = rustix::net::shutdown(u.fd.as_fd(), rustix::net::Shutdown::Both);
+    }
+
+    fn rearm_starved(&mut self) {
+        if self.starved.is_empty() || self.bufs.available() < REARM_FREE {
+            return;
+        }
+        for (is_up, r) in std::mem::take(&mut self.starved) {
+            if is_up {
+                if let Some(u) = self.ups.get_mut(r.0).filter(|u| u.gen == r.1) {
+                    u.recv.starved = false;
+                    if !u.recv.paused {
+                        self.arm_up_recv(r);
+                    }
+                }
+            } else if let Some(c) = self.clients.get_mut(r.0).filter(|c| c.gen == r.1) {
+                c.recv.starved = false;
+                if !c.recv.paused {
+                    self.arm_client_recv(r);
+                }
+            }
+        }
+    }
+}
+
+fn clone_seg(s: &Seg) -> Seg {
+    match s {
+        Seg::Owned { .. } => Seg::owned(s.as_slice().to_vec()),
+        Seg::Buf(b) => Seg::Buf(b.clone()),
+    }
+}

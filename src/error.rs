@@ -1,0 +1,80 @@
+//! The one place where failures become what a client sees: every error the
+//! proxy answers with is a [`ProxyError`], and [`ProxyError::response`] maps it
+//! to a status code and a short plain-text body. The variant records which
+//! side failed (client, child, or ringmux itself).
+
+use crate::http::{simple_response, HttpError};
+
+/// Why a request did not get its child's answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    /// Client side: the request could not be parsed.
+    #[error("bad request: {0}")]
+    BadRequest(HttpError),
+    /// Child side: connecting to it, or sending the request, failed.
+    #[error("child unreachable")]
+    ChildUnreachable,
+    /// Child side: it closed the connection before a complete response head.
+    #[error("child closed the connection before responding")]
+    ChildClosed,
+    /// Child side: its response could not be parsed.
+    #[error("invalid response from child: {0}")]
+    BadResponse(HttpError),
+    /// ringmux side: the child process could not be started.
+    #[error("could not start child: {0}")]
+    SpawnFailed(String),
+    /// Child side: it did not answer within the ready timeout.
+    #[error("child did not become ready in time")]
+    ReadyTimeout,
+    /// ringmux side: `--max-children` reached.
+    #[error("at capacity")]
+    AtCapacity,
+    /// ringmux side: shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+impl ProxyError {
+    /// The status code the client gets.
+    pub fn status(&self) -> u16 {
+        match self {
+            ProxyError::BadRequest(e) => e.status(),
+            ProxyError::ChildUnreachable
+            | ProxyError::ChildClosed
+            | ProxyError::BadResponse(_)
+            | ProxyError::SpawnFailed(_) => 502,
+            ProxyError::ReadyTimeout => 504,
+            ProxyError::AtCapacity | ProxyError::ShuttingDown => 503,
+        }
+    }
+
+    /// The complete response (status line, headers, short body). `close`
+    /// adds `Connection: close`.
+    pub fn response(&self, close: bool) -> Vec<u8> {
+        let body = format!("ringmux: {self}\n");
+        let status = self.status();
+        if matches!(self, ProxyError::AtCapacity | ProxyError::ShuttingDown) {
+            simple_response(status, &body, &[("retry-after", "1")], close)
+        } else {
+            simple_response(status, &body, &[], close)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        assert_eq!(ProxyError::ChildUnreachable.status(), 502);
+        assert_eq!(ProxyError::ReadyTimeout.status(), 504);
+        assert_eq!(ProxyError::AtCapacity.status(), 503);
+        let r = String::from_utf8(ProxyError::AtCapacity.response(false)).expect("utf8");
+        assert!(r.starts_with("HTTP/1.1 503"));
+        assert!(r.to_ascii_lowercase().contains("retry-after: 1"));
+        let r = String::from_utf8(ProxyError::ChildClosed.response(true)).expect("utf8");
+        assert!(r.starts_with("HTTP/1.1 502"));
+        assert!(r.to_ascii_lowercase().contains("connection: close"));
+    }
+}

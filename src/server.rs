@@ -1,0 +1,282 @@
+//! Starting and stopping an instance: the private instance directory (locked
+//! with `flock` so a later instance can tell a dead owner from a live one), the
+//! per-worker `SO_REUSEPORT` listeners, the control thread and the worker
+//! threads, and the orderly shutdown on SIGTERM/SIGINT.
+
+use std::fs;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::child::{ExecSpawner, Spawner};
+use crate::config::{ChildCommand, Config};
+use crate::control::{Control, ControlConfig};
+use crate::dataplane::{Worker, WorkerSetup};
+use crate::msg::{mailbox, ToControl, ToWorker};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The base or instance directory.
+    #[error("instance directory {path}: {source}")]
+    Dir {
+        /// Which path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Binding the listen address.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Anything else during setup (rings, threads, signals).
+    #[error("{what}: {source}")]
+    Setup {
+        /// What failed.
+        what: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+fn setup(what: &'static str) -> impl FnOnce(std::io::Error) -> ServerError {
+    move |source| ServerError::Setup { what, source }
+}
+
+/// Runs an instance until SIGTERM/SIGINT, then tears everything down.
+pub fn run(cfg: Config) -> Result<(), ServerError> {
+    raise_nofile_limit();
+    let (instance_dir, instance_fd) = make_instance_dir(&cfg.base_dir)?;
+    let listeners = bind_listeners(cfg.listen, cfg.workers)?;
+    let local = listeners[0]
+        .local_addr()
+        .map_err(setup("reading the listen address"))?;
+
+    let spawner: Box<dyn Spawner> = match &cfg.child {
+        ChildCommand::Exec(argv) => Box::new(ExecSpawner::new(argv.clone())),
+        ChildCommand::Demo => {
+            let exe = std::env::current_exe().map_err(setup("locating the ringmux binary"))?;
+            Box::new(ExecSpawner::new(vec![
+                exe.into_os_string(),
+                "demo-child".into(),
+            ]))
+        }
+    };
+
+    let (ctl_tx, ctl_rx) = mailbox::<ToControl>().map_err(setup("control mailbox"))?;
+    let mut worker_tx = Vec::new();
+    let mut worker_rx = Vec::new();
+    for _ in 0..cfg.workers {
+        let (tx, rx) = mailbox::<ToWorker>().map_err(setup("worker mailbox"))?;
+        worker_tx.push(tx);
+        worker_rx.push(rx);
+    }
+
+    // Signals are handled by a dedicated iterator thread; register before any
+    // other thread starts so none of them sees the default disposition.
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(setup("signals"))?;
+
+    let ctl_cfg = ControlConfig {
+        instance_dir: instance_dir.clone(),
+        instance_fd: instance_fd
+            .try_clone()
+            .map_err(setup("duplicating the instance fd"))?,
+        ready_timeout: cfg.ready_timeout,
+        max_children: cfg.max_children,
+    };
+    let ctl_workers = worker_tx.clone();
+    let (ctl_ready_tx, ctl_ready_rx) = mpsc::channel::<Result<(), String>>();
+    // The control thread spawns every child, and PR_SET_PDEATHSIG is tied to
+    // the spawning thread: it must live as long as the process (it does: it
+    // only returns after shutdown, right before we exit). Its ring is created
+    // on it (rings are single-issuer).
+    let control_thread = std::thread::Builder::new()
+        .name("ringmux-control".into())
+        .spawn(
+            move || match Control::new(ctl_rx, ctl_workers, spawner, ctl_cfg) {
+                Ok(control) => {
+                    let _ = ctl_ready_tx.send(Ok(()));
+                    control.run();
+                }
+                Err(e) => {
+                    let _ = ctl_ready_tx.send(Err(e.to_string()));
+                }
+            },
+        )
+        .map_err(setup("control thread"))?;
+    match ctl_ready_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(ServerError::Setup {
+                what: "control ring",
+                source: std::io::Error::other(e),
+            })
+        }
+        Err(_) => {
+            return Err(ServerError::Setup {
+                what: "control start",
+                source: std::io::Error::other("the control thread died"),
+            })
+        }
+    }
+
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let mut workers = Vec::new();
+    for (id, (listener, inbox)) in listeners.into_iter().zip(worker_rx).enumerate() {
+        let setup_w = WorkerSetup {
+            id,
+            listener,
+            inbox,
+            control: ctl_tx.clone(),
+            key_param: cfg.key_param.clone(),
+            close_path: cfg.close_path.clone(),
+        };
+        let ready = ready_tx.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("ringmux-w{id}"))
+            .spawn(move || match Worker::new(setup_w) {
+                Ok(w) => {
+                    let _ = ready.send(Ok(()));
+                    w.run();
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e.to_string()));
+                }
+            })
+            .map_err(setup("worker thread"))?;
+        workers.push(h);
+    }
+    for _ in 0..cfg.workers {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(ServerError::Setup {
+                    what: "worker ring",
+                    source: std::io::Error::other(e),
+                })
+            }
+            Err(_) => {
+                return Err(ServerError::Setup {
+                    what: "worker start",
+                    source: std::io::Error::other("a worker thread died"),
+                })
+            }
+        }
+    }
+
+    tracing::info!(addr = %local, workers = cfg.workers, dir = %instance_dir.display(),
+        "ringmux ready");
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "ringmux: instance dir {}", instance_dir.display());
+    let _ = writeln!(out, "ringmux: listening on http://{local}");
+    let _ = out.flush();
+    drop(out);
+
+    let sig = signals.forever().next();
+    tracing::info!(signal = ?sig, "signal received: shutting down");
+    for w in &worker_tx {
+        let _ = w.send(ToWorker::Shutdown);
+    }
+    let (done_tx, done_rx) = mpsc::channel();
+    let _ = ctl_tx.send(ToControl::Shutdown { done: done_tx });
+    match done_rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(()) => tracing::info!("every child stopped and every directory removed"),
+        Err(_) => tracing::error!("shutdown did not finish within 60 s; exiting anyway"),
+    }
+    drop(instance_fd);
+    drop(control_thread);
+    drop(workers);
+    Ok(())
+}
+
+/// Binds one `SO_REUSEPORT` listener per worker on the same address (the first
+/// picks the port when `addr` has port 0).
+fn bind_listeners(addr: SocketAddr, n: usize) -> Result<Vec<TcpListener>, ServerError> {
+    let mut out = Vec::with_capacity(n);
+    let mut addr = addr;
+    for _ in 0..n {
+        let l = bind_one(addr).map_err(|source| ServerError::Listen { addr, source })?;
+        if addr.port() == 0 {
+            addr = l
+                .local_addr()
+                .map_err(|source| ServerError::Listen { addr, source })?;
+        }
+        out.push(l);
+    }
+    Ok(out)
+}
+
+fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_tcp_nodelay(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
+
+/// Creates `<base>/ringmux-<pid>-<nonce>` (mode 0700) and holds an exclusive
+/// `flock` on it for the life of the process.
+fn make_instance_dir(base: &Path) -> Result<(PathBuf, OwnedFd), ServerError> {
+    let dir_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ServerError::Dir { path, source }
+    };
+    if !base.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(base)
+            .map_err(dir_err(base))?;
+    }
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let dir = base.join(format!("ringmux-{}-{nonce:08x}", std::process::id()));
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(dir_err(&dir))?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(dir_err(&dir))?;
+    let dir = fs::canonicalize(&dir).map_err(dir_err(&dir))?;
+    let fd = rustix::fs::open(
+        &dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| dir_err(&dir)(e.into()))?;
+    rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .map_err(|e| dir_err(&dir)(e.into()))?;
+    Ok((dir, fd))
+}
+
+/// Thousands of children mean thousands of sockets: lift the soft fd limit to
+/// the hard one.
+fn raise_nofile_limit() {
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if let Some(max) = lim.maximum {
+        let new = rustix::process::Rlimit {
+            current: Some(max),
+            maximum: Some(max),
+        };
+        let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, new);
+    }
+}

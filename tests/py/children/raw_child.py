@@ -1,0 +1,257 @@
+#!/usr/bin/env python3
+"""Stdlib-only HTTP/1.1 test child for ringmux.
+
+Serves on the already-listening socket it inherits as fd 3 (the ringmux child
+contract). Threaded, keep-alive. Endpoints:
+
+  GET  /state              -> the process-global value (text)
+  PUT|POST /state          -> body becomes the process-global value; answers "ok"
+  GET  /info               -> JSON {pid, ppid, cwd, fds, listen_fds, child_addr, argv}
+  GET  /headers            -> JSON {method, path, query, headers: [[name, value], ...]}
+  GET  /sse?n=&interval_ms= -> chunked text/event-stream, one event per interval
+  POST /mkfiles?n=&dirs=   -> create n one-byte files in nested dirs under cwd
+  POST|PUT /echo           -> JSON {len, sha256} of the request body (chunked or not)
+  GET  /blob?size=         -> size deterministic bytes (application/octet-stream)
+  GET  /listdir            -> JSON list of all relative paths under cwd
+  POST /exit               -> answers 'bye', then the process exits (crash simulation)
+  anything else            -> 404
+
+Modes (argv):
+  --delay-start SECONDS   sleep before accepting (ready-timeout tests)
+  --exit-now              exit(3) at once without accepting (failing-child tests)
+  --never-accept          sleep forever without accepting
+  --spawn-log PATH        append one line "<pid>\n" at every start (before any mode)
+"""
+
+import hashlib
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+STATE = {"value": b""}
+STATE_LOCK = threading.Lock()
+STARTUP_FDS: list = []
+STARTUP_FD_TARGETS: dict = {}
+
+
+def snapshot_fds() -> None:
+    """Record the fds the process was started with (before we open anything)."""
+    names = os.listdir("/proc/self/fd")
+    for name in names:
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # the listdir handle itself, already closed
+        STARTUP_FDS.append(int(name))
+        STARTUP_FD_TARGETS[name] = target
+    STARTUP_FDS.sort()
+
+
+def blob_bytes(size: int) -> bytes:
+    """Deterministic pseudo-random bytes (tests recompute the same sha256)."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(counter.to_bytes(8, "big")).digest()
+        counter += 1
+    return bytes(out[:size])
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "raw_child/1"
+
+    def log_message(self, fmt, *args):  # keep stderr quiet
+        pass
+
+    # ---- helpers -------------------------------------------------------
+    def _read_body(self) -> bytes:
+        te = self.headers.get("Transfer-Encoding", "")
+        if "chunked" in te.lower():
+            chunks = []
+            while True:
+                line = self.rfile.readline()
+                if not line:
+                    break
+                size = int(line.split(b";", 1)[0].strip(), 16)
+                if size == 0:
+                    # trailers until blank line
+                    while True:
+                        t = self.rfile.readline()
+                        if t in (b"\r\n", b"\n", b""):
+                            break
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()  # CRLF after chunk
+            return b"".join(chunks)
+        n = int(self.headers.get("Content-Length", "0") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def _send(self, status: int, body: bytes, ctype: str = "text/plain") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+
+    def _json(self, obj) -> None:
+        self._send(200, json.dumps(obj).encode(), "application/json")
+
+    def _route(self):
+        parts = urlsplit(self.path)
+        return parts.path, parts.query, parse_qs(parts.query)
+
+    # ---- methods -------------------------------------------------------
+    def do_GET(self):
+        path, query, qs = self._route()
+        if path == "/state":
+            with STATE_LOCK:
+                self._send(200, STATE["value"])
+        elif path == "/info":
+            fds = sorted(int(f) for f in os.listdir("/proc/self/fd"))
+            # listdir itself opens one fd for the directory; drop fds that
+            # no longer exist (the listing's own handle).
+            fds = [fd for fd in fds if os.path.exists(f"/proc/self/fd/{fd}")]
+            self._json(
+                {
+                    "pid": os.getpid(),
+                    "ppid": os.getppid(),
+                    "cwd": os.getcwd(),
+                    "fds": fds,
+                    "startup_fds": STARTUP_FDS,
+                    "startup_fd_targets": STARTUP_FD_TARGETS,
+                    "listen_fds": os.environ.get("LISTEN_FDS"),
+                    "child_addr": os.environ.get("RINGMUX_CHILD_ADDR"),
+                    "argv": sys.argv,
+                }
+            )
+        elif path == "/headers":
+            self._json(
+                {
+                    "method": self.command,
+                    "path": path,
+                    "query": query,
+                    "request_line": self.requestline,
+                    "headers": [[k, v] for k, v in self.headers.items()],
+                }
+            )
+        elif path == "/sse":
+            n = int(qs.get("n", ["5"])[0])
+            interval = int(qs.get("interval_ms", ["200"])[0]) / 1000.0
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.flush()
+            for i in range(n):
+                data = f"id: {i}\ndata: event {i} t={time.time():.6f}\n\n".encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+                if i + 1 < n:
+                    time.sleep(interval)
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        elif path == "/blob":
+            size = int(qs.get("size", ["1048576"])[0])
+            self._send(200, blob_bytes(size), "application/octet-stream")
+        elif path == "/listdir":
+            out = []
+            for root, dirs, files in os.walk("."):
+                for name in dirs + files:
+                    out.append(os.path.relpath(os.path.join(root, name), "."))
+            self._json(sorted(out))
+        else:
+            self._send(404, b"not found")
+
+    def do_PUT(self):
+        path, _, _ = self._route()
+        body = self._read_body()
+        if path == "/state":
+            with STATE_LOCK:
+                STATE["value"] = body
+            self._send(200, b"ok")
+        elif path == "/echo":
+            self._json({"len": len(body), "sha256": hashlib.sha256(body).hexdigest()})
+        else:
+            self._send(404, b"not found")
+
+    def do_POST(self):
+        path, _, qs = self._route()
+        if path == "/exit":
+            self._read_body()
+            self._exit_soon()
+        elif path == "/mkfiles":
+            self._read_body()
+            n = int(qs.get("n", ["5000"])[0])
+            ndirs = int(qs.get("dirs", ["10"])[0])
+            made = 0
+            for i in range(n):
+                d = os.path.join(f"d{i % ndirs}", f"s{(i // ndirs) % 5}")
+                if i < ndirs * 5:
+                    os.makedirs(d, exist_ok=True)
+                with open(os.path.join(d, f"f{i}"), "wb") as f:
+                    f.write(b"x")
+                made += 1
+            self._json({"made": made})
+        else:
+            self.do_PUT_like(path)
+
+    def do_PUT_like(self, path):
+        # POST /state and POST /echo behave like PUT
+        body = self._read_body()
+        if path == "/state":
+            with STATE_LOCK:
+                STATE["value"] = body
+            self._send(200, b"ok")
+        elif path == "/echo":
+            self._json({"len": len(body), "sha256": hashlib.sha256(body).hexdigest()})
+        else:
+            self._send(404, b"not found")
+
+    def _exit_soon(self):
+        self._send(200, b"bye")
+        threading.Timer(0.05, lambda: os._exit(7)).start()
+
+    def do_DELETE(self):
+        self._read_body()
+        self._send(200, b"deleted")
+
+
+class FdServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, sock: socket.socket):
+        # Skip bind/listen: the socket is already bound and listening.
+        super().__init__(sock.getsockname(), Handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+
+
+def main(argv):
+    snapshot_fds()
+    args = list(argv[1:])
+    if "--spawn-log" in args:
+        path = args[args.index("--spawn-log") + 1]
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+    if "--exit-now" in args:
+        sys.exit(3)
+    if "--never-accept" in args:
+        while True:
+            time.sleep(3600)
+    if "--delay-start" in args:
+        time.sleep(float(args[args.index("--delay-start") + 1]))
+    sock = socket.socket(fileno=3)
+    server = FdServer(sock)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main(sys.argv)
