@@ -272,6 +272,7 @@ impl Control {
                 .create(&dir)
                 .map_err(|e| format!("creating its directory: {e}"))?;
             let (listener, addr) = child_listener().map_err(|e| format!("child socket: {e}"))?;
+            let t0 = std::time::Instant::now();
             let spawned = match self.spawner.spawn(&dir, &listener, addr) {
                 Ok(s) => s,
                 Err(e) => {
@@ -305,7 +306,8 @@ impl Control {
                     tag(K_READY, id),
                 )
                 .ok();
-            tracing::info!(key = %label, pid = spawned.pid, child = id, %addr, "child spawned");
+            tracing::info!(key = %label, pid = spawned.pid, child = id, %addr,
+                spawn_ms = t0.elapsed().as_secs_f64() * 1000.0, "child spawned");
             Ok(Live {
                 child,
                 pidfd: spawned.pidfd,

@@ -38,7 +38,7 @@ const LOW_WATER: usize = 256 << 10;
 /// Largest request kept for a retry on a fresh upstream connection.
 const REPLAY_MAX: usize = 256 << 10;
 /// Provided buffers per worker, and their size.
-const BUF_COUNT: u16 = 2048;
+const BUF_COUNT: u16 = 1024;
 const BUF_SIZE: u32 = 16 << 10;
 /// Re-arm starved receives once this many buffers are free again.
 const REARM_FREE: usize = 64;

@@ -8,7 +8,6 @@
 //! reference-counted so one received buffer can be split (head part, body part)
 //! and the pieces sent at different times.
 
-use std::alloc::{alloc_zeroed, Layout};
 use std::cell::Cell;
 use std::io;
 use std::rc::Rc;
@@ -48,26 +47,9 @@ impl BufRing {
             ));
         }
         let ring_bytes = usize::from(count) * std::mem::size_of::<BufRingEntry>();
-        let ring_layout = Layout::from_size_align(ring_bytes.max(4096), 4096)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let buf_bytes = usize::from(count) * size as usize;
-        let buf_layout = Layout::from_size_align(buf_bytes, 64)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: both layouts have a non-zero size (checked above). The memory is
-        // intentionally never freed: the kernel may write into it until the ring
-        // is torn down, and rings live for their thread's lifetime (see `Ring::drop`).
-        let (entries, base) = unsafe {
-            (
-                alloc_zeroed(ring_layout) as *mut BufRingEntry,
-                alloc_zeroed(buf_layout),
-            )
-        };
-        if entries.is_null() || base.is_null() {
-            return Err(io::Error::new(
-                io::ErrorKind::OutOfMemory,
-                "buffer ring allocation failed",
-            ));
-        }
+        let entries = map_private(ring_bytes)? as *mut BufRingEntry;
+        let base = map_private(buf_bytes)?;
         let shared = Shared {
             entries,
             base,
@@ -158,6 +140,35 @@ impl Shared {
         }
         self.out.set(self.out.get().saturating_sub(1));
     }
+}
+
+/// Maps `len` bytes of zeroed, page-aligned anonymous memory that a forked
+/// child does not inherit (`MADV_DONTFORK`): the buffers are large and
+/// touched by the kernel, and copying their page tables on every fork made a
+/// child spawn take milliseconds. The mapping is never unmapped: the kernel may
+/// use it until the ring is torn down, and rings live as long as their thread.
+fn map_private(len: usize) -> io::Result<*mut u8> {
+    let len = len.max(1);
+    // SAFETY: an anonymous private mapping at an address of the kernel's
+    // choosing; no existing memory is affected.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `p..p+len` is the mapping just created.
+    if unsafe { libc::madvise(p, len, libc::MADV_DONTFORK) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(p as *mut u8)
 }
 
 struct Taken {
