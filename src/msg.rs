@@ -57,6 +57,14 @@ pub enum ToWorker {
         /// What the waiting requests get.
         error: ProxyError,
     },
+    /// A child is gone (closed, crashed or timed out): forget it and close
+    /// pooled connections to it.
+    Gone {
+        /// The route.
+        key: RouteKey,
+        /// Which child (a newer one may already serve the key).
+        child_id: u64,
+    },
     /// A close finished.
     Closed {
         /// From the `Close` request.

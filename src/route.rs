@@ -55,8 +55,6 @@ pub enum Failure {
 pub struct ChildInfo {
     /// Unique for the life of the instance (pools are keyed by it).
     pub id: u64,
-    /// The key it serves.
-    pub key: RouteKey,
     /// Its listening address.
     pub addr: SocketAddr,
     /// `Host` header value for requests to it (`127.0.0.1:port`).
@@ -70,10 +68,9 @@ pub struct ChildInfo {
 
 impl ChildInfo {
     /// A freshly spawned child.
-    pub fn new(id: u64, key: RouteKey, addr: SocketAddr) -> ChildInfo {
+    pub fn new(id: u64, addr: SocketAddr) -> ChildInfo {
         ChildInfo {
             id,
-            key,
             addr,
             host: addr.to_string(),
             spawned: Instant::now(),
@@ -133,7 +130,7 @@ mod tests {
 
     #[test]
     fn ready_is_marked_once() {
-        let c = ChildInfo::new(1, RouteKey::Default, "127.0.0.1:1".parse().expect("addr"));
+        let c = ChildInfo::new(1, "127.0.0.1:1".parse().expect("addr"));
         assert!(c.mark_ready());
         assert!(!c.mark_ready());
         assert!(c.is_alive());

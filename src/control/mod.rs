@@ -257,15 +257,22 @@ impl Control {
                     );
                     return;
                 }
-                self.spawn_for(key, vec![worker]);
+                self.spawn_for(key, vec![worker], true);
             }
         }
     }
 
-    /// Spawns a child for `key` (which must have no state) and answers `acquirers`.
-    fn spawn_for(&mut self, key: RouteKey, acquirers: Vec<usize>) {
+    /// Spawns a child for `key` (which must have no state) and answers
+    /// `acquirers`. A leftover directory (a cleanup that failed earlier) is
+    /// removed first when `may_clean` is set; the spawn then follows.
+    fn spawn_for(&mut self, key: RouteKey, acquirers: Vec<usize>, may_clean: bool) {
         let label = key.label();
         let dir = self.cfg.instance_dir.join(&label);
+        if may_clean && std::fs::symlink_metadata(&dir).is_ok() {
+            tracing::warn!(key = %label, "leftover child directory: removing it before the spawn");
+            self.start_teardown(key, Vec::new(), acquirers);
+            return;
+        }
         let result = (|| -> Result<Live, String> {
             std::fs::DirBuilder::new()
                 .mode(0o700)
@@ -285,7 +292,7 @@ impl Control {
             drop(listener);
             let id = self.next_child_id;
             self.next_child_id += 1;
-            let child = Arc::new(ChildInfo::new(id, key, addr));
+            let child = Arc::new(ChildInfo::new(id, addr));
             let pidfd_raw = spawned.pidfd.as_raw_fd();
             if let Err(e) = self
                 .ring
@@ -397,6 +404,12 @@ impl Control {
         };
         self.live = self.live.saturating_sub(1);
         live.child.mark_dead();
+        for w in &self.workers {
+            let _ = w.send(ToWorker::Gone {
+                key,
+                child_id: live.child.id,
+            });
+        }
         if let Some(t) = live.ready_timer {
             let _ = self.ring.push(Op::Cancel { target: t }, tag(K_IGNORE, 0));
         }
@@ -485,7 +498,7 @@ impl Control {
                 );
             }
         } else {
-            self.spawn_for(key, acquirers);
+            self.spawn_for(key, acquirers, false);
         }
     }
 

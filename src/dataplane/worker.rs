@@ -231,10 +231,27 @@ impl Worker {
                 }
                 ToWorker::Failed { key, error } => {
                     for r in self.waiting.remove(&key).unwrap_or_default() {
-                        if self.client_ok(r)
-                            && matches!(self.clients[r.0].phase, Phase::Waiting { .. })
-                        {
+                        if !self.client_ok(r) {
+                            continue;
+                        }
+                        let cl = &mut self.clients[r.0];
+                        if let Phase::Waiting { head } = &cl.phase {
+                            // Its body was never read: the connection cannot
+                            // carry another request after the error.
+                            if !matches!(head.body, BodyKind::None | BodyKind::Length(0)) {
+                                cl.keep_alive = false;
+                            }
                             self.respond_error(r, &error);
+                        }
+                    }
+                }
+                ToWorker::Gone { key, child_id } => {
+                    if self.cache.get(&key).is_some_and(|c| c.id == child_id) {
+                        self.cache.remove(&key);
+                    }
+                    for r in self.pool.remove(&child_id).unwrap_or_default() {
+                        if self.up_ok(r) && self.ups[r.0].client.is_none() {
+                            self.close_up(r);
                         }
                     }
                 }
@@ -332,6 +349,9 @@ impl Worker {
                 cl.pending_bytes += buf.len();
                 cl.pending.push_back(buf);
                 self.process_client(r);
+                if self.client_ok(r) && self.clients[r.0].pending_bytes > HIGH_WATER {
+                    self.pause_client_recv(r);
+                }
             }
             (0, _) => {
                 cl.eof = true;
@@ -549,7 +569,6 @@ impl Worker {
                 return;
             }
             self.cache.remove(&key);
-            self.drop_pool(key);
         }
         self.clients[r.0].phase = Phase::Waiting {
             head: Box::new(head),
@@ -640,30 +659,14 @@ impl Worker {
 
     fn take_pooled(&mut self, child: &Arc<ChildInfo>) -> Option<Ref> {
         loop {
-            let r = self.pool.get_mut(&child.id)?.pop()?;
+            let list = self.pool.get_mut(&child.id)?;
+            let Some(r) = list.pop() else {
+                self.pool.remove(&child.id);
+                return None;
+            };
             if self.up_ok(r) && self.ups[r.0].client.is_none() && self.ups[r.0].recv.op.is_some() {
                 self.ups[r.0].reused = true;
                 return Some(r);
-            }
-        }
-    }
-
-    fn drop_pool(&mut self, key: RouteKey) {
-        let ids: Vec<u64> = self
-            .pool
-            .keys()
-            .copied()
-            .filter(|id| {
-                self.pool[id]
-                    .iter()
-                    .any(|r| self.up_ok(*r) && self.ups[r.0].child.key == key)
-            })
-            .collect();
-        for id in ids {
-            for r in self.pool.remove(&id).unwrap_or_default() {
-                if self.up_ok(r) && self.ups[r.0].client.is_none() {
-                    self.close_up(r);
-                }
             }
         }
     }
@@ -1178,6 +1181,14 @@ impl Worker {
             return;
         }
         let u = self.ups.remove(up.0);
+        if u.client.is_none() {
+            if let Some(list) = self.pool.get_mut(&u.child.id) {
+                list.retain(|r| *r != up);
+                if list.is_empty() {
+                    self.pool.remove(&u.child.id);
+                }
+            }
+        }
         let _ = rustix::net::shutdown(u.fd.as_fd(), rustix::net::Shutdown::Both);
     }
 
