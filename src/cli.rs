@@ -26,7 +26,7 @@ pub enum Command {
     /// Run the proxy: route each rollout key to its own child process.
     ///
     /// Example: ringmux serve --listen 127.0.0.1:8000 -- uvicorn --fd 3 my_tools:app
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Internal: the built-in demo MCP server, run as the child of `serve --demo`.
     #[command(hide = true)]
     DemoChild,
@@ -73,6 +73,19 @@ pub struct ServeArgs {
     /// `503` with `Retry-After` (existing keys are unaffected).
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub max_children: usize,
+
+    /// Serve Prometheus metrics on `http://ADDR/metrics` (a separate listener,
+    /// so no path of the proxied address space is taken): live children,
+    /// spawns, exits by cause, cleanups in flight and their durations, each
+    /// worker's longest event-loop lag.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+
+    /// Keep the directory of a child that crashed or never became ready, for
+    /// post-mortem: it is moved to `<base-dir>/ringmux-failed-<hash>-<time>-<id>`
+    /// and the log says where. Closed children's directories are always removed.
+    #[arg(long)]
+    pub keep_failed_dirs: bool,
 
     /// Run the built-in demo MCP server as the child (no COMMAND needed).
     #[arg(long, conflicts_with = "command")]

@@ -36,6 +36,10 @@ pub struct Config {
     pub max_children: usize,
     /// The child.
     pub child: ChildCommand,
+    /// Metrics listener.
+    pub admin: Option<SocketAddr>,
+    /// Keep failed children's directories.
+    pub keep_failed_dirs: bool,
 }
 
 /// Invalid flags.
@@ -96,6 +100,8 @@ impl Config {
             ready_timeout: args.ready_timeout,
             max_children: args.max_children,
             child,
+            admin: args.admin,
+            keep_failed_dirs: args.keep_failed_dirs,
         })
     }
 }

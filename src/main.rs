@@ -4,6 +4,7 @@
 //! clean shutdown, 2 for invalid flags, 1 for a failure to start.
 #![deny(unsafe_code)]
 
+mod admin;
 mod child;
 mod cli;
 mod config;
@@ -12,6 +13,7 @@ mod dataplane;
 mod demo;
 mod error;
 mod http;
+mod metrics;
 mod msg;
 mod route;
 mod server;
@@ -43,7 +45,7 @@ fn main() -> ExitCode {
         }
         Command::Serve(args) => {
             init_logging();
-            let cfg = match args.into_config() {
+            let cfg = match (*args).into_config() {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("ringmux: {e}");

@@ -9,16 +9,18 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::admin;
 use crate::child::{ExecSpawner, Spawner};
 use crate::config::{ChildCommand, Config};
 use crate::control::{Control, ControlConfig};
 use crate::dataplane::{Worker, WorkerSetup};
+use crate::metrics::Metrics;
 use crate::msg::{mailbox, ToControl, ToWorker};
 
 /// Why the server could not start.
@@ -58,6 +60,22 @@ fn setup(what: &'static str) -> impl FnOnce(std::io::Error) -> ServerError {
 pub fn run(cfg: Config) -> Result<(), ServerError> {
     raise_nofile_limit();
     let (instance_dir, instance_fd) = make_instance_dir(&cfg.base_dir)?;
+    let base_fd = rustix::fs::open(
+        &cfg.base_dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| ServerError::Dir {
+        path: cfg.base_dir.clone(),
+        source: e.into(),
+    })?;
+    let metrics = Arc::new(Metrics::new(cfg.workers));
+    let admin = match cfg.admin {
+        Some(addr) => {
+            Some(admin::bind(addr).map_err(|source| ServerError::Listen { addr, source })?)
+        }
+        None => None,
+    };
     let listeners = bind_listeners(cfg.listen, cfg.workers)?;
     let local = listeners[0]
         .local_addr()
@@ -95,6 +113,9 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
             .map_err(setup("duplicating the instance fd"))?,
         ready_timeout: cfg.ready_timeout,
         max_children: cfg.max_children,
+        keep_failed_dirs: cfg.keep_failed_dirs,
+        base_fd,
+        metrics: Arc::clone(&metrics),
     };
     let ctl_workers = worker_tx.clone();
     let (ctl_ready_tx, ctl_ready_rx) = mpsc::channel::<Result<(), String>>();
@@ -142,6 +163,7 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
             control: ctl_tx.clone(),
             key_param: cfg.key_param.clone(),
             close_path: cfg.close_path.clone(),
+            metrics: Arc::clone(&metrics),
         };
         let ready = ready_tx.clone();
         let h = std::thread::Builder::new()
@@ -176,10 +198,25 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         }
     }
 
+    let admin_addr = match admin {
+        Some(l) => {
+            let a = l.local_addr().ok();
+            let m = Arc::clone(&metrics);
+            std::thread::Builder::new()
+                .name("ringmux-admin".into())
+                .spawn(move || admin::serve(l, m))
+                .map_err(setup("admin thread"))?;
+            a
+        }
+        None => None,
+    };
     tracing::info!(addr = %local, workers = cfg.workers, dir = %instance_dir.display(),
         "ringmux ready");
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "ringmux: instance dir {}", instance_dir.display());
+    if let Some(a) = admin_addr {
+        let _ = writeln!(out, "ringmux: metrics on http://{a}/metrics");
+    }
     let _ = writeln!(out, "ringmux: listening on http://{local}");
     let _ = out.flush();
     drop(out);

@@ -14,8 +14,9 @@ pub mod cleanup;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ringmux_uring::op::ExitInfo;
 use ringmux_uring::{Op, OpId, Returned, Ring, RingConfig};
@@ -23,6 +24,7 @@ use slab::Slab;
 
 use crate::child::{socket::child_listener, Spawner};
 use crate::error::ProxyError;
+use crate::metrics::{ExitCause, Metrics};
 use crate::msg::{Inbox, Mailbox, ToControl, ToWorker};
 use crate::route::{ChildInfo, Failure, RouteKey};
 use cleanup::{Cleanup, DIR_BIT};
@@ -33,6 +35,26 @@ const K_WAIT: u64 = 2;
 const K_READY: u64 = 3;
 const K_UNLINK: u64 = 4;
 const K_IGNORE: u64 = 5;
+const K_TICK: u64 = 6;
+/// Heartbeat period of the control loop (its lateness is a metric).
+const TICK: Duration = Duration::from_millis(10);
+/// Nice value of the io-wq threads that run cleanup `UNLINKAT`s.
+const CLEANUP_NICE: i32 = 19;
+
+/// Whether `name` is an instance directory name: `ringmux-<pid>-<hex nonce>`.
+pub fn is_instance_dir_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("ringmux-") else {
+        return false;
+    };
+    let mut parts = rest.splitn(2, '-');
+    let pid_ok = parts
+        .next()
+        .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let nonce_ok = parts
+        .next()
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_hexdigit()));
+    pid_ok && nonce_ok
+}
 const PAYLOAD: u64 = (1 << 40) - 1;
 
 fn tag(kind: u64, payload: u64) -> u64 {
@@ -49,6 +71,13 @@ pub struct ControlConfig {
     pub ready_timeout: Duration,
     /// Most live children.
     pub max_children: usize,
+    /// Keep the directories of crashed / never-ready children.
+    pub keep_failed_dirs: bool,
+    /// Open fd of the base directory (parent of instance directories), for
+    /// removing the directories of dead instances.
+    pub base_fd: OwnedFd,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
 }
 
 struct Live {
@@ -56,8 +85,9 @@ struct Live {
     pidfd: OwnedFd,
     pid: u32,
     ready_timer: Option<OpId>,
-    /// A kill was sent (close, ready timeout, shutdown).
-    killed: bool,
+    /// Why a kill was sent (close, ready timeout, shutdown); `None`: alive
+    /// as far as we know.
+    killed: Option<ExitCause>,
 }
 
 enum KeyState {
@@ -76,8 +106,11 @@ enum KeyState {
 }
 
 struct ActiveCleanup {
-    key: RouteKey,
+    /// The key whose directory this is; `None` for a dead instance's directory.
+    key: Option<RouteKey>,
     work: Cleanup,
+    /// For a dead instance: its directory, locked by us while we delete it.
+    stale: Option<(String, OwnedFd)>,
 }
 
 /// The control plane's state.
@@ -93,6 +126,11 @@ pub struct Control {
     next_child_id: u64,
     live: usize,
     shutdown: Option<mpsc::Sender<()>>,
+    metrics: Arc<Metrics>,
+    /// This thread's id (names its io-wq workers).
+    tid: i32,
+    /// io-wq workers already reniced.
+    reniced: Vec<i32>,
 }
 
 impl Control {
@@ -113,7 +151,11 @@ impl Control {
         if let Err(e) = ring.set_iowq_max_workers(2, 2) {
             tracing::warn!(error = %e, "could not cap io-wq workers");
         }
+        let metrics = Arc::clone(&cfg.metrics);
         Ok(Control {
+            metrics,
+            tid: rustix::thread::gettid().as_raw_nonzero().get(),
+            reniced: Vec::new(),
             ring,
             inbox,
             workers,
@@ -134,6 +176,11 @@ impl Control {
         if let Err(e) = self.arm_inbox() {
             tracing::error!(error = %e, "control: cannot arm its inbox; exiting");
             return;
+        }
+        self.sweep_stale_instances();
+        let mut last_tick = Instant::now();
+        if let Err(e) = self.arm_tick() {
+            tracing::warn!(error = %e, "control: no heartbeat timer");
         }
         let mut busy = false;
         loop {
@@ -161,6 +208,19 @@ impl Control {
                         self.on_exit(payload, exit, c.result);
                     }
                     K_READY if c.result == -libc::ETIME => self.on_ready_deadline(payload),
+                    K_TICK => {
+                        let now = Instant::now();
+                        let late = now.saturating_duration_since(last_tick + TICK);
+                        let us = late.as_micros().min(u128::from(u64::MAX)) as u64;
+                        self.metrics.control_lag_max_us.fetch_max(us, Relaxed);
+                        last_tick = now;
+                        if !self.cleanups.is_empty() {
+                            self.renice_io_workers();
+                        }
+                        if let Err(e) = self.arm_tick() {
+                            tracing::warn!(error = %e, "control: cannot re-arm heartbeat");
+                        }
+                    }
                     K_UNLINK => {
                         let idx = (payload & !DIR_BIT) as usize;
                         if let Some(a) = self.cleanups.get_mut(idx) {
@@ -180,6 +240,101 @@ impl Control {
                     let _ = done.send(());
                     return;
                 }
+            }
+        }
+    }
+
+    fn arm_tick(&mut self) -> std::io::Result<()> {
+        self.ring
+            .push(Op::Timeout { after: TICK }, tag(K_TICK, 0))?;
+        Ok(())
+    }
+
+    /// Puts the io-wq workers of this thread's rings (the threads that run
+    /// `UNLINKAT`, named `iou-wrk-<control tid>`) at the lowest CPU priority, so
+    /// a large cleanup yields to the data plane. io-wq workers are created on
+    /// demand and exit when idle, so this is re-checked while cleanups run.
+    fn renice_io_workers(&mut self) {
+        let want = format!("iou-wrk-{}", self.tid);
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return;
+        };
+        for t in tasks.flatten() {
+            let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if self.reniced.contains(&tid) {
+                continue;
+            }
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() != want {
+                continue;
+            }
+            if let Some(pid) = rustix::process::Pid::from_raw(tid) {
+                match rustix::process::setpriority_process(Some(pid), CLEANUP_NICE) {
+                    Ok(()) => {
+                        tracing::debug!(tid, nice = CLEANUP_NICE, "io-wq worker reniced");
+                        self.reniced.push(tid);
+                    }
+                    Err(e) => tracing::warn!(tid, error = %e, "cannot renice io-wq worker"),
+                }
+            }
+        }
+        if self.reniced.len() > 64 {
+            self.reniced.drain(..32);
+        }
+    }
+
+    /// Removes the directories of ringmux instances under the base directory
+    /// whose owner is gone. Ownership is the instance directory's `flock`: a
+    /// live instance holds it for its whole life, so a lock we can take
+    /// belongs to a dead one. Age plays no part.
+    fn sweep_stale_instances(&mut self) {
+        let own = self
+            .cfg
+            .instance_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some(base) = self.cfg.instance_dir.parent().map(|p| p.to_path_buf()) else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(&base) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == own || !is_instance_dir_name(&name) {
+                continue;
+            }
+            let Ok(fd) = rustix::fs::openat(
+                &self.cfg.base_fd,
+                name.as_str(),
+                rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::NOFOLLOW
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            ) else {
+                continue;
+            };
+            if rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err()
+            {
+                tracing::debug!(dir = %name, "instance directory is locked: its owner lives");
+                continue;
+            }
+            match Cleanup::start(self.cfg.base_fd.as_fd(), &name) {
+                Ok(work) => {
+                    tracing::info!(dir = %base.join(&name).display(),
+                        "removing the directory of a dead ringmux instance");
+                    self.metrics.cleanups_in_flight.fetch_add(1, Relaxed);
+                    self.cleanups.insert(ActiveCleanup {
+                        key: None,
+                        work,
+                        stale: Some((name, fd)),
+                    });
+                }
+                Err(e) => tracing::warn!(dir = %name, error = %e, "cannot clean a dead instance"),
             }
         }
     }
@@ -227,7 +382,7 @@ impl Control {
             Some(KeyState::Running {
                 live, acquirers, ..
             }) => {
-                if live.killed {
+                if live.killed.is_some() {
                     if !acquirers.contains(&worker) {
                         acquirers.push(worker);
                     }
@@ -243,6 +398,7 @@ impl Control {
             }
             None => {
                 if self.live >= self.cfg.max_children {
+                    self.metrics.at_capacity.fetch_add(1, Relaxed);
                     tracing::warn!(
                         live = self.live,
                         max = self.cfg.max_children,
@@ -320,12 +476,14 @@ impl Control {
                 pidfd: spawned.pidfd,
                 pid: spawned.pid,
                 ready_timer,
-                killed: false,
+                killed: None,
             })
         })();
         match result {
             Ok(live) => {
                 self.live += 1;
+                self.metrics.spawns.fetch_add(1, Relaxed);
+                self.metrics.live_children.fetch_add(1, Relaxed);
                 self.by_child.insert(live.child.id, key);
                 for w in &acquirers {
                     self.reply(
@@ -346,6 +504,7 @@ impl Control {
                 );
             }
             Err(msg) => {
+                self.metrics.spawn_failures.fetch_add(1, Relaxed);
                 tracing::error!(key = %label, error = %msg, "could not start child");
                 for w in acquirers {
                     self.reply(
@@ -365,9 +524,9 @@ impl Control {
             None => self.reply(worker, ToWorker::Closed { token }),
             Some(KeyState::Running { live, closers, .. }) => {
                 closers.push((worker, token));
-                if !live.killed {
+                if live.killed.is_none() {
                     tracing::info!(key = %key.label(), pid = live.pid, "closing child");
-                    kill(live);
+                    kill(live, ExitCause::Closed);
                 }
             }
             Some(KeyState::Teardown { closers, .. }) => closers.push((worker, token)),
@@ -380,12 +539,12 @@ impl Control {
         };
         if let Some(KeyState::Running { live, .. }) = self.keys.get_mut(&key) {
             live.ready_timer = None;
-            if live.child.id == child_id && !live.child.is_ready() && !live.killed {
+            if live.child.id == child_id && !live.child.is_ready() && live.killed.is_none() {
                 tracing::warn!(key = %key.label(), pid = live.pid,
                     timeout_ms = self.cfg.ready_timeout.as_millis() as u64,
                     "child did not become ready in time; killing it");
                 live.child.set_failure(Failure::ReadyTimeout);
-                kill(live);
+                kill(live, ExitCause::ReadyTimeout);
             }
         }
     }
@@ -419,20 +578,63 @@ impl Control {
             Some(e) => format!("killed by signal {}", e.status),
             None => format!("wait failed (errno {})", -result),
         };
-        if live.killed {
+        let cause = live.killed.unwrap_or(ExitCause::Crashed);
+        self.metrics.child_exited(cause);
+        self.metrics.live_children.fetch_sub(1, Relaxed);
+        if live.killed.is_some() {
             tracing::info!(key = %label, pid = live.pid, %how, "child stopped");
         } else {
             tracing::warn!(key = %label, pid = live.pid, %how, "child died on its own");
         }
         drop(live.pidfd);
+        if self.cfg.keep_failed_dirs
+            && matches!(cause, ExitCause::Crashed | ExitCause::ReadyTimeout)
+            && self.keep_for_post_mortem(key, child_id)
+        {
+            self.finish_teardown(key, closers, acquirers);
+            return;
+        }
         self.start_teardown(key, closers, acquirers);
+    }
+
+    /// `--keep-failed-dirs`: moves a failed child's directory out of the
+    /// instance directory (so the key can start afresh and shutdown does not
+    /// delete it) and logs where it went.
+    fn keep_for_post_mortem(&self, key: RouteKey, child_id: u64) -> bool {
+        let label = key.label();
+        let from = self.cfg.instance_dir.join(&label);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let Some(parent) = self.cfg.instance_dir.parent() else {
+            return false;
+        };
+        let to = parent.join(format!("ringmux-failed-{label}-{stamp}-{child_id}"));
+        match std::fs::rename(&from, &to) {
+            Ok(()) => {
+                tracing::warn!(key = %label, dir = %to.display(),
+                    "kept the failed child's directory for post-mortem (--keep-failed-dirs)");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(key = %label, error = %e,
+                    "could not keep the failed child's directory; removing it");
+                false
+            }
+        }
     }
 
     fn start_teardown(&mut self, key: RouteKey, closers: Vec<(usize, u64)>, acquirers: Vec<usize>) {
         let label = key.label();
         match Cleanup::start(self.cfg.instance_fd.as_fd(), &label) {
             Ok(work) => {
-                self.cleanups.insert(ActiveCleanup { key, work });
+                self.metrics.cleanups_in_flight.fetch_add(1, Relaxed);
+                self.cleanups.insert(ActiveCleanup {
+                    key: Some(key),
+                    work,
+                    stale: None,
+                });
                 self.keys
                     .insert(key, KeyState::Teardown { closers, acquirers });
             }
@@ -457,19 +659,36 @@ impl Control {
         for idx in finished {
             let a = self.cleanups.remove(idx);
             let s = a.work.stats;
-            let label = a.key.label();
+            let took = a.work.elapsed();
+            self.metrics.cleanups_in_flight.fetch_sub(1, Relaxed);
+            self.metrics
+                .cleanup_finished(took, s.files + s.dirs, s.errors > 0);
+            let ms = took.as_secs_f64() * 1000.0;
+            if let Some((name, _lock)) = &a.stale {
+                if s.errors == 0 {
+                    self.metrics.stale_instances_removed.fetch_add(1, Relaxed);
+                    tracing::info!(dir = %name, files = s.files, dirs = s.dirs, ms,
+                        "removed the directory of a dead ringmux instance");
+                } else {
+                    tracing::warn!(dir = %name, errors = s.errors,
+                        "could not fully remove a dead instance's directory");
+                }
+            }
+            let Some(key) = a.key else {
+                continue;
+            };
+            let label = key.label();
             if s.errors > 0 {
                 tracing::warn!(key = %label, files = s.files, dirs = s.dirs, errors = s.errors,
                     "directory cleanup finished with errors");
             } else {
-                tracing::info!(key = %label, files = s.files, dirs = s.dirs,
-                    ms = a.work.elapsed().as_secs_f64() * 1000.0, "directory removed");
+                tracing::info!(key = %label, files = s.files, dirs = s.dirs, ms, "directory removed");
             }
             if let Some(KeyState::Teardown {
                 closers, acquirers, ..
-            }) = self.keys.remove(&a.key)
+            }) = self.keys.remove(&key)
             {
-                self.finish_teardown(a.key, closers, acquirers);
+                self.finish_teardown(key, closers, acquirers);
             }
         }
         busy
@@ -507,8 +726,8 @@ impl Control {
         self.shutdown = Some(done);
         for state in self.keys.values_mut() {
             if let KeyState::Running { live, .. } = state {
-                if !live.killed {
-                    kill(live);
+                if live.killed.is_none() {
+                    kill(live, ExitCause::Shutdown);
                 }
             }
         }
@@ -516,8 +735,8 @@ impl Control {
 }
 
 /// Kills a child and its process group.
-fn kill(live: &mut Live) {
-    live.killed = true;
+fn kill(live: &mut Live, why: ExitCause) {
+    live.killed = Some(why);
     live.child.mark_dead();
     if let Err(e) = rustix::process::pidfd_send_signal(&live.pidfd, rustix::process::Signal::KILL) {
         tracing::warn!(pid = live.pid, error = %e, "pidfd kill failed");

@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ringmux_uring::op::advance_segs;
 use ringmux_uring::{BufRef, BufRing, Completion, Op, Returned, Ring, RingConfig, Seg};
@@ -19,6 +21,7 @@ use crate::error::ProxyError;
 use crate::http::{
     parse_request, parse_response, simple_response, BodyKind, BodyTracker, Parsed, RequestHead,
 };
+use crate::metrics::Metrics;
 use crate::msg::{Inbox, Mailbox, ToControl, ToWorker};
 use crate::route::{ChildInfo, Failure, RouteKey};
 
@@ -30,6 +33,10 @@ const K_URECV: u64 = 5;
 const K_USEND: u64 = 6;
 const K_INBOX: u64 = 7;
 const K_IGNORE: u64 = 8;
+const K_TICK: u64 = 9;
+
+/// Heartbeat period; how late each beat fires is the event-loop lag metric.
+const TICK: Duration = Duration::from_millis(10);
 
 /// Pause the producer when the consumer has this much queued.
 const HIGH_WATER: usize = 1 << 20;
@@ -68,6 +75,8 @@ pub struct WorkerSetup {
     pub key_param: String,
     /// Path that closes a rollout.
     pub close_path: String,
+    /// Counters (this worker writes `metrics.workers[id]`).
+    pub metrics: Arc<Metrics>,
 }
 
 /// A data-plane worker.
@@ -88,6 +97,8 @@ pub struct Worker {
     starved: Vec<(bool, Ref)>,
     next_gen: u32,
     stopping: bool,
+    metrics: Arc<Metrics>,
+    last_tick: Instant,
 }
 
 impl Worker {
@@ -113,6 +124,8 @@ impl Worker {
             starved: Vec::new(),
             next_gen: 1,
             stopping: false,
+            metrics: setup.metrics,
+            last_tick: Instant::now(),
         })
     }
 
@@ -129,6 +142,13 @@ impl Worker {
         if let Err(e) = self.arm_inbox() {
             tracing::error!(worker = self.id, error = %e, "cannot arm inbox");
             return;
+        }
+        self.last_tick = Instant::now();
+        if let Err(e) = self
+            .ring
+            .push(Op::Timeout { after: TICK }, tag(K_TICK, (0, 0)))
+        {
+            tracing::warn!(worker = self.id, error = %e, "no heartbeat timer");
         }
         let mut comps: Vec<Completion> = Vec::with_capacity(1024);
         while !self.stopping {
@@ -176,6 +196,17 @@ impl Worker {
                     }
                 }
             }
+            K_TICK => {
+                let now = Instant::now();
+                let late = now.saturating_duration_since(self.last_tick + TICK);
+                self.metrics.workers[self.id].record_lag(late);
+                self.last_tick = now;
+                if !self.stopping {
+                    let _ = self
+                        .ring
+                        .push(Op::Timeout { after: TICK }, tag(K_TICK, (0, 0)));
+                }
+            }
             K_CRECV => self.on_client_recv(r, c),
             K_CSEND => self.on_client_sent(r, c),
             K_UCONN => self.on_up_connected(r, c.result),
@@ -202,6 +233,9 @@ impl Worker {
             let _ = rustix::net::sockopt::set_tcp_nodelay(&fd, true);
             let gen = self.gen();
             let idx = self.clients.insert(Client::new(fd, gen));
+            self.metrics.workers[self.id]
+                .connections
+                .fetch_add(1, Relaxed);
             self.arm_client_recv((idx, gen));
         } else if c.result != -libc::ECANCELED {
             tracing::warn!(worker = self.id, errno = -c.result, "accept failed");
@@ -539,6 +573,7 @@ impl Worker {
     }
 
     fn on_request_head(&mut self, r: Ref, head: RequestHead) {
+        self.metrics.workers[self.id].requests.fetch_add(1, Relaxed);
         let key_val = head.query_param(&self.key_param);
         let key = RouteKey::from_key(key_val.as_deref());
         let cl = &mut self.clients[r.0];
@@ -1070,6 +1105,9 @@ impl Worker {
     // ----- client send --------------------------------------------------------
 
     fn respond_error(&mut self, r: Ref, err: &ProxyError) {
+        self.metrics.workers[self.id]
+            .proxy_errors
+            .fetch_add(1, Relaxed);
         let Some(cl) = self.clients.get_mut(r.0) else {
             return;
         };
@@ -1166,6 +1204,9 @@ impl Worker {
             return;
         }
         let cl = self.clients.remove(r.0);
+        self.metrics.workers[self.id]
+            .connections
+            .fetch_sub(1, Relaxed);
         if let Phase::Proxy { up, .. } = cl.phase {
             if self.up_ok(up) && self.ups[up.0].client == Some(r) {
                 self.close_up(up);

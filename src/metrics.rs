@@ -1,0 +1,314 @@
+//! Counters and gauges of one instance, and their Prometheus text rendering.
+//!
+//! Everything is a relaxed atomic written by the thread that owns the event
+//! (workers for requests and loop lag, the control thread for children and
+//! cleanups) and read by the admin listener ([`crate::admin`]). Per-worker
+//! counters live in their own cache-line-aligned block so workers never share
+//! a line.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the cleanup-duration histogram buckets.
+const CLEANUP_BUCKETS: [f64; 8] = [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+/// Why a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCause {
+    /// Closed by its rollout.
+    Closed,
+    /// Died on its own (crash, exit, OOM kill, killed by someone else).
+    Crashed,
+    /// Killed because it missed the ready deadline.
+    ReadyTimeout,
+    /// Killed by ringmux's shutdown.
+    Shutdown,
+}
+
+impl ExitCause {
+    fn label(self) -> &'static str {
+        match self {
+            ExitCause::Closed => "closed",
+            ExitCause::Crashed => "crashed",
+            ExitCause::ReadyTimeout => "ready_timeout",
+            ExitCause::Shutdown => "shutdown",
+        }
+    }
+
+    const ALL: [ExitCause; 4] = [
+        ExitCause::Closed,
+        ExitCause::Crashed,
+        ExitCause::ReadyTimeout,
+        ExitCause::Shutdown,
+    ];
+}
+
+/// One worker's numbers.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct WorkerMetrics {
+    /// Requests whose head was parsed.
+    pub requests: AtomicU64,
+    /// Error responses ringmux generated itself (4xx/5xx).
+    pub proxy_errors: AtomicU64,
+    /// Open client connections.
+    pub connections: AtomicU64,
+    /// Longest heartbeat lateness since start, µs.
+    pub lag_max_us: AtomicU64,
+    /// Longest heartbeat lateness since the previous scrape, µs.
+    pub lag_recent_us: AtomicU64,
+}
+
+impl WorkerMetrics {
+    /// Records one heartbeat that came `late` after it was due.
+    pub fn record_lag(&self, late: Duration) {
+        let us = late.as_micros().min(u128::from(u64::MAX)) as u64;
+        self.lag_max_us.fetch_max(us, Relaxed);
+        self.lag_recent_us.fetch_max(us, Relaxed);
+    }
+}
+
+/// All numbers of an instance.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Per worker.
+    pub workers: Vec<WorkerMetrics>,
+    /// Children started.
+    pub spawns: AtomicU64,
+    /// Children that could not be started.
+    pub spawn_failures: AtomicU64,
+    /// Live children.
+    pub live_children: AtomicU64,
+    exits: [AtomicU64; 4],
+    /// Directory cleanups running.
+    pub cleanups_in_flight: AtomicU64,
+    /// Cleanups that ended with errors (something was left behind).
+    pub cleanup_errors: AtomicU64,
+    /// Files and directories removed by cleanups.
+    pub cleanup_entries: AtomicU64,
+    cleanup_count: AtomicU64,
+    cleanup_sum_us: AtomicU64,
+    cleanup_max_us: AtomicU64,
+    cleanup_buckets: [AtomicU64; CLEANUP_BUCKETS.len()],
+    /// Requests refused at `--max-children`.
+    pub at_capacity: AtomicU64,
+    /// Heartbeat lateness of the control loop, since start, µs.
+    pub control_lag_max_us: AtomicU64,
+    /// Directories of dead instances removed at start-up.
+    pub stale_instances_removed: AtomicU64,
+}
+
+impl Metrics {
+    /// Zeroed metrics for `workers` workers.
+    pub fn new(workers: usize) -> Metrics {
+        Metrics {
+            workers: (0..workers).map(|_| WorkerMetrics::default()).collect(),
+            spawns: AtomicU64::new(0),
+            spawn_failures: AtomicU64::new(0),
+            live_children: AtomicU64::new(0),
+            exits: Default::default(),
+            cleanups_in_flight: AtomicU64::new(0),
+            cleanup_errors: AtomicU64::new(0),
+            cleanup_entries: AtomicU64::new(0),
+            cleanup_count: AtomicU64::new(0),
+            cleanup_sum_us: AtomicU64::new(0),
+            cleanup_max_us: AtomicU64::new(0),
+            cleanup_buckets: Default::default(),
+            at_capacity: AtomicU64::new(0),
+            control_lag_max_us: AtomicU64::new(0),
+            stale_instances_removed: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a child's end.
+    pub fn child_exited(&self, cause: ExitCause) {
+        self.exits[cause as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Records a finished cleanup.
+    pub fn cleanup_finished(&self, took: Duration, entries: u64, errors: bool) {
+        let us = took.as_micros().min(u128::from(u64::MAX)) as u64;
+        self.cleanup_count.fetch_add(1, Relaxed);
+        self.cleanup_sum_us.fetch_add(us, Relaxed);
+        self.cleanup_max_us.fetch_max(us, Relaxed);
+        self.cleanup_entries.fetch_add(entries, Relaxed);
+        if errors {
+            self.cleanup_errors.fetch_add(1, Relaxed);
+        }
+        let secs = took.as_secs_f64();
+        for (i, le) in CLEANUP_BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                self.cleanup_buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Prometheus text exposition (format 0.0.4). Resets the "since the
+    /// previous scrape" gauges.
+    pub fn render(&self) -> String {
+        let mut o = String::with_capacity(4096);
+        let counter = |o: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        counter(
+            &mut o,
+            "ringmux_spawns_total",
+            "Children started.",
+            self.spawns.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "ringmux_spawn_failures_total",
+            "Children that could not be started.",
+            self.spawn_failures.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "ringmux_at_capacity_total",
+            "New keys refused with 503 at --max-children.",
+            self.at_capacity.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "ringmux_stale_instances_removed_total",
+            "Directories of dead ringmux instances removed.",
+            self.stale_instances_removed.load(Relaxed),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP ringmux_live_children Children currently running.\n# TYPE ringmux_live_children gauge\nringmux_live_children {}",
+            self.live_children.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP ringmux_child_exits_total Children that ended, by cause.\n# TYPE ringmux_child_exits_total counter"
+        );
+        for c in ExitCause::ALL {
+            let _ = writeln!(
+                o,
+                "ringmux_child_exits_total{{cause=\"{}\"}} {}",
+                c.label(),
+                self.exits[c as usize].load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP ringmux_cleanups_in_flight Child directories being removed.\n# TYPE ringmux_cleanups_in_flight gauge\nringmux_cleanups_in_flight {}",
+            self.cleanups_in_flight.load(Relaxed)
+        );
+        counter(
+            &mut o,
+            "ringmux_cleanup_errors_total",
+            "Cleanups that could not remove everything.",
+            self.cleanup_errors.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "ringmux_cleanup_entries_total",
+            "Files and directories removed by cleanups.",
+            self.cleanup_entries.load(Relaxed),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP ringmux_cleanup_duration_seconds Wall time of child directory cleanups.\n# TYPE ringmux_cleanup_duration_seconds histogram"
+        );
+        for (i, le) in CLEANUP_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "ringmux_cleanup_duration_seconds_bucket{{le=\"{le}\"}} {}",
+                self.cleanup_buckets[i].load(Relaxed)
+            );
+        }
+        let count = self.cleanup_count.load(Relaxed);
+        let _ = writeln!(
+            o,
+            "ringmux_cleanup_duration_seconds_bucket{{le=\"+Inf\"}} {count}\nringmux_cleanup_duration_seconds_sum {}\nringmux_cleanup_duration_seconds_count {count}",
+            secs(self.cleanup_sum_us.load(Relaxed))
+        );
+        let _ = writeln!(
+            o,
+            "# HELP ringmux_cleanup_duration_max_seconds Longest cleanup since start.\n# TYPE ringmux_cleanup_duration_max_seconds gauge\nringmux_cleanup_duration_max_seconds {}",
+            secs(self.cleanup_max_us.load(Relaxed))
+        );
+        let _ = writeln!(
+            o,
+            "# HELP ringmux_control_loop_lag_max_seconds Longest lateness of the control loop's 10 ms heartbeat since start.\n# TYPE ringmux_control_loop_lag_max_seconds gauge\nringmux_control_loop_lag_max_seconds {}",
+            secs(self.control_lag_max_us.load(Relaxed))
+        );
+        type Pick = fn(&WorkerMetrics) -> u64;
+        let per_worker: [(&str, &str, &str, Pick); 5] = [
+            ("ringmux_requests_total", "counter", "Requests received, per worker.", |w| {
+                w.requests.load(Relaxed)
+            }),
+            (
+                "ringmux_proxy_errors_total",
+                "counter",
+                "Error responses generated by ringmux (400, 502, 503, 504, ...), per worker.",
+                |w| w.proxy_errors.load(Relaxed),
+            ),
+            ("ringmux_client_connections", "gauge", "Open client connections, per worker.", |w| {
+                w.connections.load(Relaxed)
+            }),
+            (
+                "ringmux_worker_loop_lag_max_seconds",
+                "gauge",
+                "Longest lateness of the worker's 10 ms heartbeat (event-loop gap beyond the period) since start.",
+                |w| w.lag_max_us.load(Relaxed),
+            ),
+            (
+                "ringmux_worker_loop_lag_recent_max_seconds",
+                "gauge",
+                "Longest heartbeat lateness since the previous scrape.",
+                |w| w.lag_recent_us.swap(0, Relaxed),
+            ),
+        ];
+        for (name, ty, help, pick) in per_worker {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {ty}");
+            for (i, w) in self.workers.iter().enumerate() {
+                let v = pick(w);
+                if name.ends_with("_seconds") {
+                    let _ = writeln!(o, "{name}{{worker=\"{i}\"}} {}", secs(v));
+                } else {
+                    let _ = writeln!(o, "{name}{{worker=\"{i}\"}} {v}");
+                }
+            }
+        }
+        o
+    }
+}
+
+fn secs(us: u64) -> f64 {
+    us as f64 / 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::new(2);
+        m.spawns.fetch_add(3, Relaxed);
+        m.child_exited(ExitCause::Crashed);
+        m.cleanup_finished(Duration::from_millis(300), 20_022, false);
+        m.workers[1].record_lag(Duration::from_micros(1500));
+        let t = m.render();
+        assert!(t.contains("ringmux_spawns_total 3\n"));
+        assert!(t.contains("ringmux_child_exits_total{cause=\"crashed\"} 1\n"));
+        assert!(t.contains("ringmux_cleanup_duration_seconds_bucket{le=\"0.25\"} 0\n"));
+        assert!(t.contains("ringmux_cleanup_duration_seconds_bucket{le=\"0.5\"} 1\n"));
+        assert!(t.contains("ringmux_cleanup_duration_seconds_count 1\n"));
+        assert!(t.contains("ringmux_worker_loop_lag_max_seconds{worker=\"1\"} 0.0015\n"));
+        assert!(t.contains("ringmux_worker_loop_lag_recent_max_seconds{worker=\"1\"} 0.0015\n"));
+        // The recent gauge resets on scrape; the since-start one does not.
+        let t = m.render();
+        assert!(t.contains("ringmux_worker_loop_lag_recent_max_seconds{worker=\"1\"} 0\n"));
+        assert!(t.contains("ringmux_worker_loop_lag_max_seconds{worker=\"1\"} 0.0015\n"));
+        for line in t.lines().filter(|l| !l.starts_with('#')) {
+            let mut parts = line.rsplitn(2, ' ');
+            let v = parts.next().unwrap_or("");
+            assert!(v.parse::<f64>().is_ok(), "bad sample line {line:?}");
+        }
+    }
+}
