@@ -39,9 +39,9 @@ BODY = json.dumps(
 HDRS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
 
 
-def start_ringmux(binary, base):
+def start_ringmux(binary, base, workers):
     p = subprocess.Popen(
-        [binary, "serve", "--listen", "127.0.0.1:0", "--base-dir", base, "--demo"],
+        [binary, "serve", "--listen", "127.0.0.1:0", "--base-dir", base, "--demo", "--workers", str(workers)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -94,10 +94,11 @@ def main():
     ap.add_argument("--bin", default="target/release/ringmux")
     ap.add_argument("--n", type=int, default=4000)
     ap.add_argument("--new-keys", type=int, default=20)
+    ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args()
     a.bin = os.path.abspath(a.bin)
     base = tempfile.mkdtemp(prefix="ringmux-bench-")
-    rm, rport = start_ringmux(a.bin, base)
+    rm, rport = start_ringmux(a.bin, base, a.workers)
     direct, dport = start_direct(a.bin, base)
     try:
         time.sleep(0.3)

@@ -86,12 +86,20 @@ impl Spawner for ExecSpawner {
             // then tears children down in order; and the group can be killed whole.
             .process_group(0);
         sys::prepare_child(&mut cmd, listener);
-        let child = cmd.spawn().map_err(SpawnError::Exec)?;
+        let mut child = cmd.spawn().map_err(SpawnError::Exec)?;
         let pid = child.id();
+        let pidfd = match sys::pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(e) => {
+                // Without a pidfd it cannot be watched: do not leave it running.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(SpawnError::Pidfd(e));
+            }
+        };
         // `child` is dropped without waiting: the std handle never reaps, the
         // control ring does (waitid on the pidfd).
         drop(child);
-        let pidfd = sys::pidfd_open(pid).map_err(SpawnError::Pidfd)?;
         Ok(Spawned { pid, pidfd })
     }
 }

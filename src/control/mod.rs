@@ -127,6 +127,8 @@ pub struct Control {
     live: usize,
     shutdown: Option<mpsc::Sender<()>>,
     metrics: Arc<Metrics>,
+    /// Ports of children whose exit has not been processed yet.
+    ports: std::collections::HashSet<u16>,
     /// This thread's id (names its io-wq workers).
     tid: i32,
     /// io-wq workers already reniced.
@@ -156,6 +158,7 @@ impl Control {
             metrics,
             tid: rustix::thread::gettid().as_raw_nonzero().get(),
             reniced: Vec::new(),
+            ports: std::collections::HashSet::new(),
             ring,
             inbox,
             workers,
@@ -434,7 +437,10 @@ impl Control {
                 .mode(0o700)
                 .create(&dir)
                 .map_err(|e| format!("creating its directory: {e}"))?;
-            let (listener, addr) = child_listener().map_err(|e| format!("child socket: {e}"))?;
+            let (listener, addr) = self.fresh_listener().map_err(|e| {
+                let _ = std::fs::remove_dir(&dir);
+                format!("child socket: {e}")
+            })?;
             let t0 = std::time::Instant::now();
             let spawned = match self.spawner.spawn(&dir, &listener, addr) {
                 Ok(s) => s,
@@ -458,6 +464,12 @@ impl Control {
                     &spawned.pidfd,
                     rustix::process::Signal::KILL,
                 );
+                // Reap it here (it dies at once) so it never lingers as a zombie.
+                let _ = rustix::process::waitid(
+                    rustix::process::WaitId::PidFd(spawned.pidfd.as_fd()),
+                    rustix::process::WaitIdOptions::EXITED,
+                );
+                let _ = std::fs::remove_dir_all(&dir);
                 return Err(format!("watching the child: {e}"));
             }
             let ready_timer = self
@@ -482,6 +494,7 @@ impl Control {
         match result {
             Ok(live) => {
                 self.live += 1;
+                self.ports.insert(live.child.addr.port());
                 self.metrics.spawns.fetch_add(1, Relaxed);
                 self.metrics.live_children.fetch_add(1, Relaxed);
                 self.by_child.insert(live.child.id, key);
@@ -517,6 +530,23 @@ impl Control {
                 }
             }
         }
+    }
+
+    /// A listening socket on a port no known child uses. A child's port is
+    /// free in the kernel the moment it dies, but workers may still connect
+    /// to it until its exit is processed here; never hand such a port to a new
+    /// child, or one rollout's request could reach another rollout's child.
+    fn fresh_listener(&mut self) -> std::io::Result<(std::net::TcpListener, std::net::SocketAddr)> {
+        for _ in 0..16 {
+            let (l, addr) = child_listener()?;
+            if !self.ports.contains(&addr.port()) {
+                return Ok((l, addr));
+            }
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "no port distinct from live children's after 16 tries",
+        ))
     }
 
     fn close(&mut self, key: RouteKey, worker: usize, token: u64) {
@@ -563,6 +593,13 @@ impl Control {
         };
         self.live = self.live.saturating_sub(1);
         live.child.mark_dead();
+        self.ports.remove(&live.child.addr.port());
+        if live.killed.is_none() {
+            // It died on its own: take down what it left in its group.
+            if let Some(pgid) = rustix::process::Pid::from_raw(live.pid as i32) {
+                let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+            }
+        }
         for w in &self.workers {
             let _ = w.send(ToWorker::Gone {
                 key,
@@ -716,6 +753,17 @@ impl Control {
                     },
                 );
             }
+        } else if self.live >= self.cfg.max_children {
+            self.metrics.at_capacity.fetch_add(1, Relaxed);
+            for w in acquirers {
+                self.reply(
+                    w,
+                    ToWorker::Failed {
+                        key,
+                        error: ProxyError::AtCapacity,
+                    },
+                );
+            }
         } else {
             self.spawn_for(key, acquirers, false);
         }
@@ -739,7 +787,12 @@ fn kill(live: &mut Live, why: ExitCause) {
     live.killed = Some(why);
     live.child.mark_dead();
     if let Err(e) = rustix::process::pidfd_send_signal(&live.pidfd, rustix::process::Signal::KILL) {
-        tracing::warn!(pid = live.pid, error = %e, "pidfd kill failed");
+        // ESRCH: it already exited and was reaped; its pid may belong to
+        // someone else now, so no group kill by number either.
+        if e != rustix::io::Errno::SRCH {
+            tracing::warn!(pid = live.pid, error = %e, "pidfd kill failed");
+        }
+        return;
     }
     if let Some(pgid) = rustix::process::Pid::from_raw(live.pid as i32) {
         // The child leads its own group; grandchildren die with it.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use ringmux_uring::{BufRef, OpId, Seg};
 
 use crate::http::{BodyTracker, RequestHead};
-use crate::route::ChildInfo;
+use crate::route::{ChildInfo, RouteKey};
 
 /// A reference to a slab entry that survives slot reuse: (slot, generation).
 pub type Ref = (usize, u32);
@@ -37,6 +37,9 @@ pub struct SendQ {
     pub bytes: usize,
     /// A `writev` is in flight.
     pub in_flight: bool,
+    /// The last `writev` was short (the peer is not keeping up): queued bytes
+    /// are copied out of ring buffers before the next send.
+    pub slow: bool,
 }
 
 impl SendQ {
@@ -61,6 +64,8 @@ pub enum Phase {
     Head,
     /// Waiting for the control plane to produce a child for `key`.
     Waiting {
+        /// The route.
+        key: RouteKey,
         /// The parsed request.
         head: Box<RequestHead>,
     },
@@ -159,6 +164,8 @@ pub struct Upstream {
     pub replay: Option<Vec<Seg>>,
     /// Bytes held in `replay`.
     pub replay_bytes: usize,
+    /// When it went idle in the pool.
+    pub idle_since: Option<std::time::Instant>,
     /// The request (head and body) is completely queued.
     pub req_done: bool,
 }
@@ -182,6 +189,7 @@ impl Upstream {
             reused: false,
             replay: None,
             replay_bytes: 0,
+            idle_since: None,
             req_done: false,
         }
     }

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringmux_uring::op::advance_segs;
+use ringmux_uring::op::{advance_segs, compact_segs, pins_too_many};
 use ringmux_uring::{BufRef, BufRing, Completion, Op, Returned, Ring, RingConfig, Seg};
 use slab::Slab;
 
@@ -34,6 +34,7 @@ const K_USEND: u64 = 6;
 const K_INBOX: u64 = 7;
 const K_IGNORE: u64 = 8;
 const K_TICK: u64 = 9;
+const K_ACCEPT_RETRY: u64 = 10;
 
 /// Heartbeat period; how late each beat fires is the event-loop lag metric.
 const TICK: Duration = Duration::from_millis(10);
@@ -48,7 +49,11 @@ const REPLAY_MAX: usize = 256 << 10;
 const BUF_COUNT: u16 = 1024;
 const BUF_SIZE: u32 = 16 << 10;
 /// Re-arm starved receives once this many buffers are free again.
-const REARM_FREE: usize = 64;
+const REARM_FREE: usize = 16;
+/// Pooled connections idle longer than this are closed rather than reused:
+/// shorter than common servers' keep-alive timeouts (uvicorn: 5 s), so the
+/// child never closes one under a request we are sending.
+const POOL_IDLE_MAX: Duration = Duration::from_secs(2);
 
 fn tag(kind: u64, r: Ref) -> u64 {
     (kind << 56) | (u64::from(r.1 & 0xff_ffff) << 32) | (r.0 as u64 & 0xffff_ffff)
@@ -99,13 +104,23 @@ pub struct Worker {
     stopping: bool,
     metrics: Arc<Metrics>,
     last_tick: Instant,
+    ticks: u64,
+    accept_errors: u64,
 }
 
 impl Worker {
     /// Creates the worker's ring and buffer ring (on the worker's own thread:
     /// the ring is single-issuer).
     pub fn new(setup: WorkerSetup) -> std::io::Result<Worker> {
-        let mut ring = Ring::new(&RingConfig::default())?;
+        // RINGMUX_RING=plain|single|defer (default defer) exists to measure
+        // the setup flags against each other (benches/quick_latency.py).
+        let mode = std::env::var("RINGMUX_RING").unwrap_or_default();
+        let cfg = RingConfig {
+            single_issuer: mode != "plain",
+            defer_taskrun: mode != "plain" && mode != "single",
+            ..RingConfig::default()
+        };
+        let mut ring = Ring::new(&cfg)?;
         let bufs = ring.register_buf_ring(0, BUF_COUNT, BUF_SIZE)?;
         Ok(Worker {
             id: setup.id,
@@ -126,6 +141,8 @@ impl Worker {
             stopping: false,
             metrics: setup.metrics,
             last_tick: Instant::now(),
+            ticks: 0,
+            accept_errors: 0,
         })
     }
 
@@ -188,6 +205,15 @@ impl Worker {
         let (kind, r) = untag(c.tag);
         match kind {
             K_ACCEPT => self.on_accept(c),
+            K_ACCEPT_RETRY if !self.stopping => {
+                let lfd = self.listener.as_raw_fd();
+                if let Err(e) = self
+                    .ring
+                    .push(Op::AcceptMulti { fd: lfd }, tag(K_ACCEPT, (0, 0)))
+                {
+                    tracing::error!(worker = self.id, error = %e, "cannot re-arm accept");
+                }
+            }
             K_INBOX => {
                 self.on_inbox();
                 if !self.stopping {
@@ -201,6 +227,10 @@ impl Worker {
                 let late = now.saturating_duration_since(self.last_tick + TICK);
                 self.metrics.workers[self.id].record_lag(late);
                 self.last_tick = now;
+                self.ticks += 1;
+                if self.ticks.is_multiple_of(50) {
+                    self.expire_pool();
+                }
                 if !self.stopping {
                     let _ = self
                         .ring
@@ -238,7 +268,25 @@ impl Worker {
                 .fetch_add(1, Relaxed);
             self.arm_client_recv((idx, gen));
         } else if c.result != -libc::ECANCELED {
-            tracing::warn!(worker = self.id, errno = -c.result, "accept failed");
+            self.accept_errors += 1;
+            if self.accept_errors.is_power_of_two() {
+                tracing::warn!(
+                    worker = self.id,
+                    errno = -c.result,
+                    count = self.accept_errors,
+                    "accept failed (out of fds? raise the limit or lower --max-children)"
+                );
+            }
+            if !c.more && !self.stopping {
+                // Back off instead of spinning on a persistent error (EMFILE).
+                let _ = self.ring.push(
+                    Op::Timeout {
+                        after: Duration::from_millis(100),
+                    },
+                    tag(K_ACCEPT_RETRY, (0, 0)),
+                );
+            }
+            return;
         }
         if !c.more && !self.stopping {
             let lfd = self.listener.as_raw_fd();
@@ -269,7 +317,7 @@ impl Worker {
                             continue;
                         }
                         let cl = &mut self.clients[r.0];
-                        if let Phase::Waiting { head } = &cl.phase {
+                        if let Phase::Waiting { head, .. } = &cl.phase {
                             // Its body was never read: the connection cannot
                             // carry another request after the error.
                             if !matches!(head.body, BodyKind::None | BodyKind::Length(0)) {
@@ -309,6 +357,11 @@ impl Worker {
         }
         let phase = std::mem::replace(&mut self.clients[r.0].phase, Phase::Head);
         match phase {
+            Phase::Waiting { key, head } if !child.is_alive() => {
+                // Died between the answer and now: ask again.
+                self.cache.remove(&key);
+                self.wait_for_child(r, key, *head);
+            }
             Phase::Waiting { head, .. } => {
                 self.start_proxy(r, Arc::clone(child), *head);
                 self.resume_client_recv(r);
@@ -445,6 +498,8 @@ impl Worker {
                     let Some(buf) = cl.pending.pop_front() else {
                         if cl.eof {
                             self.on_client_eof(r);
+                        } else if cl.recv.paused {
+                            self.resume_client_recv(r);
                         }
                         return;
                     };
@@ -484,6 +539,9 @@ impl Worker {
                     }
                 }
                 Phase::Waiting { .. } => {
+                    for b in cl.pending.iter_mut() {
+                        b.detach();
+                    }
                     if cl.pending_bytes > HIGH_WATER {
                         self.pause_client_recv(r);
                     }
@@ -605,7 +663,19 @@ impl Worker {
             }
             self.cache.remove(&key);
         }
-        self.clients[r.0].phase = Phase::Waiting {
+        self.wait_for_child(r, key, head);
+    }
+
+    /// Parks a request until the control plane answers for `key`.
+    fn wait_for_child(&mut self, r: Ref, key: RouteKey, head: RequestHead) {
+        let cl = &mut self.clients[r.0];
+        // Its body (if any) may wait for a slow child start: hold it outside
+        // the receive ring.
+        for b in cl.pending.iter_mut() {
+            b.detach();
+        }
+        cl.phase = Phase::Waiting {
+            key,
             head: Box::new(head),
         };
         let list = self.waiting.entry(key).or_default();
@@ -633,6 +703,9 @@ impl Worker {
                 Ok(u) => u,
                 Err(e) => {
                     tracing::warn!(worker = self.id, error = %e, "cannot open upstream socket");
+                    if has_body(&head) {
+                        self.clients[r.0].keep_alive = false;
+                    }
                     self.respond_error(r, &ProxyError::ChildUnreachable);
                     return;
                 }
@@ -643,7 +716,7 @@ impl Worker {
         let u = &mut self.ups[up.0];
         u.client = Some(r);
         u.req_is_head = head.is_head();
-        if u.reused {
+        if u.reused && idempotent(&head.method) {
             u.replay = Some(Vec::new());
         }
         self.clients[r.0].phase = Phase::Proxy {
@@ -667,7 +740,9 @@ impl Worker {
             if u.replay_bytes > REPLAY_MAX {
                 u.replay = None;
             } else {
-                rep.push(clone_seg(&seg));
+                // An owned copy: a request waiting for its answer must not pin
+                // a ring buffer.
+                rep.push(Seg::owned(seg.as_slice().to_vec()));
             }
         }
         u.out.push(seg);
@@ -699,10 +774,39 @@ impl Worker {
                 self.pool.remove(&child.id);
                 return None;
             };
-            if self.up_ok(r) && self.ups[r.0].client.is_none() && self.ups[r.0].recv.op.is_some() {
-                self.ups[r.0].reused = true;
+            if !self.up_ok(r) {
+                continue;
+            }
+            let u = &mut self.ups[r.0];
+            let fresh = u.idle_since.is_some_and(|t| t.elapsed() < POOL_IDLE_MAX);
+            if u.client.is_none() && u.recv.op.is_some() && fresh {
+                u.reused = true;
+                u.idle_since = None;
                 return Some(r);
             }
+            if u.client.is_none() {
+                self.close_up(r);
+            }
+        }
+    }
+
+    /// Closes pooled connections idle for longer than [`POOL_IDLE_MAX`].
+    fn expire_pool(&mut self) {
+        let expired: Vec<Ref> = self
+            .pool
+            .values()
+            .flatten()
+            .copied()
+            .filter(|r| {
+                self.ups.get(r.0).is_some_and(|u| {
+                    u.gen == r.1
+                        && u.client.is_none()
+                        && u.idle_since.is_none_or(|t| t.elapsed() >= POOL_IDLE_MAX)
+                })
+            })
+            .collect();
+        for r in expired {
+            self.close_up(r);
         }
     }
 
@@ -803,6 +907,9 @@ impl Worker {
         if !u.connected || u.out.in_flight || u.out.q.is_empty() {
             return;
         }
+        if u.out.slow || pins_too_many(&u.out.q) {
+            compact_segs(&mut u.out.q);
+        }
         let segs = std::mem::take(&mut u.out.q);
         let fd = u.fd.as_raw_fd();
         match self.ring.push(Op::Writev { fd, segs }, tag(K_USEND, up)) {
@@ -829,6 +936,7 @@ impl Worker {
         u.out.bytes = u.out.bytes.saturating_sub(n);
         if let Returned::Segs(mut segs) = c.data {
             advance_segs(&mut segs, n);
+            u.out.slow = !segs.is_empty();
             if !segs.is_empty() {
                 segs.append(&mut u.out.q);
                 u.out.q = segs;
@@ -929,6 +1037,7 @@ impl Worker {
                     if head.is_informational() {
                         head.write_downstream(true, &mut h);
                         cl.out.push(Seg::owned(h));
+                        self.flush_client(cr);
                         continue;
                     }
                     if head.body == BodyKind::CloseDelimited {
@@ -966,9 +1075,8 @@ impl Worker {
                 }
                 Err(e) => {
                     tracing::warn!(worker = self.id, error = %e, "bad response body framing");
-                    self.ups[up.0].reusable = false;
-                    self.flush_client(cr);
-                    self.abort_client(cr);
+                    self.close_up(up);
+                    self.close_when_flushed(cr);
                     return;
                 }
             }
@@ -997,11 +1105,7 @@ impl Worker {
                 // Truncated response: end the client connection once what we
                 // have is sent, so it does not wait forever.
                 self.close_up(up);
-                if self.client_ok(cr) {
-                    self.clients[cr.0].close_after_flush = true;
-                    self.clients[cr.0].keep_alive = false;
-                    self.flush_client(cr);
-                }
+                self.close_when_flushed(cr);
             }
             return;
         }
@@ -1016,6 +1120,7 @@ impl Worker {
         let cr = u.client;
         let child = Arc::clone(&u.child);
         let can_retry = u.reused && !u.got_bytes && u.req_done && u.replay.is_some();
+        let req_is_head = u.req_is_head;
         let replay = u.replay.take();
         self.close_up(up);
         let Some(cr) = cr else {
@@ -1033,6 +1138,7 @@ impl Worker {
                 let u = &mut self.ups[nu.0];
                 u.client = Some(cr);
                 u.req_done = true;
+                u.req_is_head = req_is_head;
                 for s in segs {
                     u.out.push(s);
                 }
@@ -1058,8 +1164,7 @@ impl Worker {
         }
         if cl.out.bytes > 0 {
             // A 1xx was already forwarded; an error now would be confusing.
-            cl.close_after_flush = true;
-            self.flush_client(cr);
+            self.close_when_flushed(cr);
             return;
         }
         self.respond_error(cr, &err);
@@ -1075,6 +1180,7 @@ impl Worker {
         let child_id = u.child.id;
         u.reset_exchange();
         if reusable {
+            self.ups[up.0].idle_since = Some(Instant::now());
             self.pool.entry(child_id).or_default().push(up);
             if self.ups[up.0].recv.paused {
                 self.resume_up_recv(up);
@@ -1111,7 +1217,12 @@ impl Worker {
         let Some(cl) = self.clients.get_mut(r.0) else {
             return;
         };
-        let close = !cl.keep_alive || matches!(err, ProxyError::BadRequest(_));
+        let unread_body = match &cl.phase {
+            Phase::Waiting { head, .. } => has_body(head),
+            Phase::Proxy { body, .. } | Phase::Closing { body, .. } => !body.is_done(),
+            Phase::Head => false,
+        };
+        let close = !cl.keep_alive || unread_body || matches!(err, ProxyError::BadRequest(_));
         cl.phase = Phase::Head;
         cl.out.push(Seg::owned(err.response(close)));
         if close {
@@ -1125,12 +1236,33 @@ impl Worker {
         }
     }
 
+    /// Ends a client connection once what is queued for it is sent (at once
+    /// if nothing is): used when a response cannot be completed.
+    fn close_when_flushed(&mut self, r: Ref) {
+        let Some(cl) = self.clients.get_mut(r.0).filter(|c| c.gen == r.1) else {
+            return;
+        };
+        cl.close_after_flush = true;
+        cl.keep_alive = false;
+        cl.phase = Phase::Head;
+        cl.pending.clear();
+        cl.pending_bytes = 0;
+        if cl.out.is_idle() {
+            self.close_client(r);
+        } else {
+            self.flush_client(r);
+        }
+    }
+
     fn flush_client(&mut self, r: Ref) {
         let Some(cl) = self.clients.get_mut(r.0) else {
             return;
         };
         if cl.out.in_flight || cl.out.q.is_empty() {
             return;
+        }
+        if cl.out.slow || pins_too_many(&cl.out.q) {
+            compact_segs(&mut cl.out.q);
         }
         let segs = std::mem::take(&mut cl.out.q);
         let fd = cl.fd.as_raw_fd();
@@ -1158,6 +1290,7 @@ impl Worker {
         cl.out.bytes = cl.out.bytes.saturating_sub(n);
         if let Returned::Segs(mut segs) = c.data {
             advance_segs(&mut segs, n);
+            cl.out.slow = !segs.is_empty();
             if !segs.is_empty() {
                 segs.append(&mut cl.out.q);
                 cl.out.q = segs;
@@ -1212,9 +1345,7 @@ impl Worker {
                 self.close_up(up);
             }
         }
-        // shutdown() ends the multishot receive still in flight on it; the
-        // close itself happens when `fd` drops here.
-        let _ = rustix::net::shutdown(cl.fd.as_fd(), rustix::net::Shutdown::Both);
+        self.release_fd(cl.fd);
     }
 
     fn close_up(&mut self, up: Ref) {
@@ -1230,12 +1361,29 @@ impl Worker {
                 }
             }
         }
-        let _ = rustix::net::shutdown(u.fd.as_fd(), rustix::net::Shutdown::Both);
+        self.release_fd(u.fd);
+    }
+
+    /// Closes a connection's socket. SQEs naming it may still be queued and
+    /// unsubmitted (the kernel resolves a plain fd when it issues the SQE), so
+    /// they are submitted first: otherwise the number could be reused by a new
+    /// socket before they run and they would act on the wrong connection.
+    /// `shutdown` then ends the multishot receive still in flight on it.
+    fn release_fd(&mut self, fd: OwnedFd) {
+        let _ = self.ring.submit();
+        let _ = rustix::net::shutdown(fd.as_fd(), rustix::net::Shutdown::Both);
+        drop(fd);
     }
 
     fn rearm_starved(&mut self) {
-        if self.starved.is_empty() || self.bufs.available() < REARM_FREE {
+        if self.starved.is_empty() {
             return;
+        }
+        if self.bufs.available() < REARM_FREE {
+            self.unpin_all();
+            if self.bufs.available() < REARM_FREE {
+                return;
+            }
         }
         for (is_up, r) in std::mem::take(&mut self.starved) {
             if is_up {
@@ -1255,9 +1403,38 @@ impl Worker {
     }
 }
 
-fn clone_seg(s: &Seg) -> Seg {
-    match s {
-        Seg::Owned { .. } => Seg::owned(s.as_slice().to_vec()),
-        Seg::Buf(b) => Seg::Buf(b.clone()),
+impl Worker {
+    /// The receive ring ran dry: copy every byte held for later (queued
+    /// sends, unconsumed input) out of ring buffers so the ring refills. Only
+    /// buffers inside in-flight sends stay pinned, and those drain.
+    fn unpin_all(&mut self) {
+        for (_, c) in self.clients.iter_mut() {
+            for b in c.pending.iter_mut() {
+                b.detach();
+            }
+            compact_segs(&mut c.out.q);
+        }
+        for (_, u) in self.ups.iter_mut() {
+            compact_segs(&mut u.out.q);
+        }
+        tracing::debug!(
+            worker = self.id,
+            free = self.bufs.available(),
+            "receive buffers ran out: held data copied out of the ring"
+        );
     }
+}
+
+/// Whether a request has a body to read after its head.
+fn has_body(head: &RequestHead) -> bool {
+    !matches!(head.body, BodyKind::None | BodyKind::Length(0))
+}
+
+/// Methods a request of which may be sent twice (RFC 9110 §9.2.2): only these
+/// are retried on a fresh connection when a pooled one turns out dead.
+fn idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    )
 }

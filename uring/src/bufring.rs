@@ -103,11 +103,11 @@ impl BufRing {
         }
         self.shared.out.set(self.shared.out.get() + 1);
         Some(BufRef {
-            inner: Rc::new(Taken {
+            inner: Rc::new(Backing::Ring(Taken {
                 ring: Rc::clone(&self.shared),
                 bid,
                 len,
-            }),
+            })),
             start: 0,
             end: len,
         })
@@ -171,6 +171,12 @@ fn map_private(len: usize) -> io::Result<*mut u8> {
     Ok(p as *mut u8)
 }
 
+/// What a [`BufRef`] views: a ring buffer lent by the kernel, or a heap copy.
+enum Backing {
+    Ring(Taken),
+    Heap(Box<[u8]>),
+}
+
 struct Taken {
     ring: Rc<Shared>,
     bid: u16,
@@ -187,7 +193,7 @@ impl Drop for Taken {
 /// returns to the kernel when the last view is dropped.
 #[derive(Clone)]
 pub struct BufRef {
-    inner: Rc<Taken>,
+    inner: Rc<Backing>,
     start: usize,
     end: usize,
 }
@@ -195,16 +201,46 @@ pub struct BufRef {
 impl BufRef {
     /// The received bytes in this view.
     pub fn as_slice(&self) -> &[u8] {
-        let shared = &self.inner.ring;
-        debug_assert!(self.end <= self.inner.len);
-        // SAFETY: the buffer `bid` was filled by the kernel with `len` bytes and is
-        // owned by userspace until the last `Taken` drops (it is not in the ring,
-        // so the kernel cannot write to it); `start..end` lies within `0..len`.
-        unsafe {
-            let p = shared
-                .base
-                .add(usize::from(self.inner.bid) * shared.size as usize + self.start);
-            std::slice::from_raw_parts(p, self.end - self.start)
+        match &*self.inner {
+            Backing::Heap(b) => &b[self.start..self.end],
+            Backing::Ring(t) => {
+                let shared = &t.ring;
+                debug_assert!(self.end <= t.len);
+                // SAFETY: the buffer `bid` was filled by the kernel with `len`
+                // bytes and is owned by userspace until the last `Taken` drops (it
+                // is not in the ring, so the kernel cannot write to it);
+                // `start..end` lies within `0..len`.
+                unsafe {
+                    let p = shared
+                        .base
+                        .add(usize::from(t.bid) * shared.size as usize + self.start);
+                    std::slice::from_raw_parts(p, self.end - self.start)
+                }
+            }
+        }
+    }
+
+    /// A heap copy of `data`, usable wherever a received buffer is.
+    pub fn copied(data: &[u8]) -> BufRef {
+        BufRef {
+            inner: Rc::new(Backing::Heap(data.into())),
+            start: 0,
+            end: data.len(),
+        }
+    }
+
+    /// Whether this view holds a ring buffer (which the kernel cannot reuse
+    /// until the view is dropped).
+    pub fn pins_ring(&self) -> bool {
+        matches!(&*self.inner, Backing::Ring(_))
+    }
+
+    /// Replaces a ring-backed view with a heap copy of its bytes, giving the
+    /// ring buffer back (once no other view holds it). For data that will be
+    /// held for long: a slow consumer must not starve the ring.
+    pub fn detach(&mut self) {
+        if self.pins_ring() {
+            *self = BufRef::copied(self.as_slice());
         }
     }
 
@@ -238,7 +274,7 @@ impl BufRef {
 impl std::fmt::Debug for BufRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BufRef")
-            .field("bid", &self.inner.bid)
+            .field("ring", &self.pins_ring())
             .field("len", &self.len())
             .finish()
     }

@@ -64,6 +64,40 @@ impl Seg {
     }
 }
 
+/// Most ring buffers one queue may keep pinned; beyond it, the queue's bytes are
+/// copied into one owned segment (see [`compact_segs`]).
+pub const MAX_PINNED_SEGS: usize = 8;
+
+/// Whether `segs` pins more ring buffers than a queue should.
+pub fn pins_too_many(segs: &[Seg]) -> bool {
+    segs.iter()
+        .filter(|s| matches!(s, Seg::Buf(b) if b.pins_ring()))
+        .count()
+        > MAX_PINNED_SEGS
+}
+
+/// Copies every queued byte into one owned segment, releasing the ring buffers
+/// the queue held. Used when a consumer is slow: its backlog must not keep the
+/// receive ring (shared by every connection of a worker) empty.
+pub fn compact_segs(segs: &mut Vec<Seg>) {
+    if segs.len() <= 1
+        && !segs
+            .iter()
+            .any(|s| matches!(s, Seg::Buf(b) if b.pins_ring()))
+    {
+        return;
+    }
+    let total = segs.iter().map(Seg::len).sum();
+    let mut data = Vec::with_capacity(total);
+    for s in segs.iter() {
+        data.extend_from_slice(s.as_slice());
+    }
+    segs.clear();
+    if !data.is_empty() {
+        segs.push(Seg::owned(data));
+    }
+}
+
 /// Drops the first `n` bytes from a queue of segments (after a short write).
 pub fn advance_segs(segs: &mut Vec<Seg>, mut n: usize) {
     let mut drop_front = 0;
