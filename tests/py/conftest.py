@@ -52,6 +52,7 @@ HTTP_TIMEOUT = httpx.Timeout(15.0, connect=5.0)
 
 INSTANCE_RE = re.compile(r"^ringmux: instance dir (/.*)$")
 LISTEN_RE = re.compile(r"^ringmux: listening on http://127\.0\.0\.1:(\d+)$")
+METRICS_RE = re.compile(r"^ringmux: metrics on (http://\S+/metrics)$")
 
 
 # --------------------------------------------------------------------------
@@ -212,6 +213,7 @@ class Ringmux:
         self.pid: int | None = None
         self._seen_children: dict[int, int] = {}  # pid -> starttime
         self._stopped = False
+        self.metrics_url: str | None = None  # set when started with --admin
 
     # -- lifecycle ---------------------------------------------------------
     def start(self, ready_within: float = 20.0) -> "Ringmux":
@@ -250,6 +252,9 @@ class Ringmux:
                 m = INSTANCE_RE.match(line)
                 if m and self.instance_dir is None:
                     self.instance_dir = m.group(1)
+                m = METRICS_RE.match(line)
+                if m and self.metrics_url is None:
+                    self.metrics_url = m.group(1)
                 m = LISTEN_RE.match(line)
                 if m and self.port is None:
                     self.port = int(m.group(1))
@@ -531,3 +536,119 @@ def status_of(raw: bytes) -> int:
     m = re.match(rb"HTTP/1\.[01] (\d{3})", raw)
     assert m, f"not an HTTP response: {raw[:200]!r}"
     return int(m.group(1))
+
+
+# --------------------------------------------------------------------------
+# Metrics (--admin), /proc thread and fd helpers (lifecycle / churn tests)
+# --------------------------------------------------------------------------
+_SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?)\s+(\S+)$")
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """Prometheus text -> {'name{labels}': value} (labels exactly as rendered)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE_RE.match(line)
+        assert m, f"unparsable metrics line: {line!r}"
+        v = m.group(2)
+        out[m.group(1)] = float("inf") if v == "+Inf" else float(v)
+    return out
+
+
+def _ringmux_metrics_text(self, timeout: float = 5.0) -> str:
+    assert self.metrics_url, (
+        f"ringmux was not started with --admin (or printed no metrics line): {self.stdout_lines!r}"
+    )
+    r = httpx.get(self.metrics_url, timeout=timeout)
+    assert r.status_code == 200, f"GET {self.metrics_url}: {r.status_code} {r.text[:200]}"
+    return r.text
+
+
+def _ringmux_metrics(self, timeout: float = 5.0) -> dict[str, float]:
+    return parse_prometheus(self.metrics_text(timeout))
+
+
+def _ringmux_metric(self, name: str, **labels) -> float:
+    """One sample; labels as keyword arguments (rendered in the given order)."""
+    key = name
+    if labels:
+        key += "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+    m = self.metrics()
+    assert key in m, f"metric {key} missing; have: {sorted(m)[:60]}"
+    return m[key]
+
+
+def _ringmux_wait_metric(self, name: str, pred, timeout: float = 5.0, **labels) -> float:
+    """Poll one sample until pred(value) holds (bounded); returns the value."""
+    last = [None]
+
+    def ok():
+        last[0] = self.metric(name, **labels)
+        return pred(last[0])
+
+    try:
+        wait_until(ok, timeout, interval=0.02, what=f"metric {name}{labels}")
+    except AssertionError:
+        raise AssertionError(f"metric {name}{labels}: last value {last[0]} never satisfied the condition")
+    return last[0]
+
+
+def _ringmux_fd_count(self) -> int:
+    return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+
+def _ringmux_threads(self) -> dict[int, str]:
+    return proc_threads(self.pid)
+
+
+Ringmux.metrics_text = _ringmux_metrics_text
+Ringmux.metrics = _ringmux_metrics
+Ringmux.metric = _ringmux_metric
+Ringmux.wait_metric = _ringmux_wait_metric
+Ringmux.fd_count = _ringmux_fd_count
+Ringmux.threads = _ringmux_threads
+
+
+def proc_threads(pid: int) -> dict[int, str]:
+    """{tid: comm} of every thread of pid (threads that vanish meanwhile are skipped)."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for t in tids:
+        try:
+            with open(f"/proc/{pid}/task/{t}/comm") as f:
+                out[int(t)] = f.read().rstrip("\n")
+        except OSError:
+            continue
+    return out
+
+
+def thread_nice(pid: int, tid: int) -> int | None:
+    """Nice value of a thread (field 19 of its stat, parsed after the last ')')."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+            data = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    rest = data[data.rindex(")") + 2 :].split()
+    # rest[0] is field 3 (state); field 19 (nice) is rest[16]
+    return int(rest[16])
+
+
+def count_files(path) -> int:
+    n = 0
+    for _, _, files in os.walk(path):
+        n += len(files)
+    return n
+
+
+def dir_entries(path) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except FileNotFoundError:
+        return []

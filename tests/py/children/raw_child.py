@@ -14,6 +14,8 @@ contract). Threaded, keep-alive. Endpoints:
   GET  /blob?size=         -> size deterministic bytes (application/octet-stream)
   GET  /listdir            -> JSON list of all relative paths under cwd
   POST /exit               -> answers 'bye', then the process exits (crash simulation)
+  GET  /sleep?ms=&marker=  -> (creates file <marker> in cwd if given) sleeps ms, answers 'slept'
+  POST /die                -> the process exits at once, without answering
   anything else            -> 404
 
 Modes (argv):
@@ -21,6 +23,7 @@ Modes (argv):
   --exit-now              exit(3) at once without accepting (failing-child tests)
   --never-accept          sleep forever without accepting
   --spawn-log PATH        append one line "<pid>\n" at every start (before any mode)
+  --touch NAME            create the file NAME (one byte) in cwd at start (before any mode)
 """
 
 import hashlib
@@ -167,6 +170,13 @@ class Handler(BaseHTTPRequestHandler):
                 for name in dirs + files:
                     out.append(os.path.relpath(os.path.join(root, name), "."))
             self._json(sorted(out))
+        elif path == "/sleep":
+            marker = qs.get("marker", [""])[0]
+            if marker:
+                with open(os.path.basename(marker), "wb") as f:
+                    f.write(b"x")
+            time.sleep(int(qs.get("ms", ["1000"])[0]) / 1000.0)
+            self._send(200, b"slept")
         else:
             self._send(404, b"not found")
 
@@ -187,6 +197,9 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/exit":
             self._read_body()
             self._exit_soon()
+        elif path == "/die":
+            self._read_body()
+            os._exit(9)
         elif path == "/mkfiles":
             self._read_body()
             n = int(qs.get("n", ["5000"])[0])
@@ -241,6 +254,9 @@ def main(argv):
         path = args[args.index("--spawn-log") + 1]
         with open(path, "a") as f:
             f.write(f"{os.getpid()}\n")
+    if "--touch" in args:
+        with open(args[args.index("--touch") + 1], "wb") as f:
+            f.write(b"x")
     if "--exit-now" in args:
         sys.exit(3)
     if "--never-accept" in args:
