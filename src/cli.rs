@@ -87,6 +87,12 @@ pub struct ServeArgs {
     #[arg(long)]
     pub keep_failed_dirs: bool,
 
+    /// Most kernel (io-wq) threads deleting child directories at once. They run
+    /// at nice 19; fewer threads disturb other rollouts' requests less on small
+    /// machines, more delete large trees faster.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub cleanup_workers: u32,
+
     /// Run the built-in demo MCP server as the child (no COMMAND needed).
     #[arg(long, conflicts_with = "command")]
     pub demo: bool,

@@ -40,6 +40,8 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// Keep failed children's directories.
     pub keep_failed_dirs: bool,
+    /// io-wq threads for cleanup unlinks.
+    pub cleanup_workers: u32,
 }
 
 /// Invalid flags.
@@ -59,6 +61,9 @@ pub enum ConfigError {
     /// Bad `--close-path`.
     #[error("--close-path must start with '/' and contain no '?' or '#'")]
     ClosePath,
+    /// `--cleanup-workers` out of range.
+    #[error("--cleanup-workers must be between 1 and 16")]
+    CleanupWorkers,
     /// Bad `--key-param`.
     #[error("--key-param must be a non-empty name without '=', '&', '?' or '#'")]
     KeyParam,
@@ -79,6 +84,9 @@ impl Config {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         if workers == 0 || workers > 256 {
             return Err(ConfigError::Workers);
+        }
+        if args.cleanup_workers == 0 || args.cleanup_workers > 16 {
+            return Err(ConfigError::CleanupWorkers);
         }
         if args.max_children == 0 {
             return Err(ConfigError::MaxChildren);
@@ -102,6 +110,7 @@ impl Config {
             child,
             admin: args.admin,
             keep_failed_dirs: args.keep_failed_dirs,
+            cleanup_workers: args.cleanup_workers,
         })
     }
 }

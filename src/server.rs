@@ -114,6 +114,7 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         ready_timeout: cfg.ready_timeout,
         max_children: cfg.max_children,
         keep_failed_dirs: cfg.keep_failed_dirs,
+        cleanup_workers: cfg.cleanup_workers,
         base_fd,
         metrics: Arc::clone(&metrics),
     };

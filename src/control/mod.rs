@@ -73,6 +73,8 @@ pub struct ControlConfig {
     pub max_children: usize,
     /// Keep the directories of crashed / never-ready children.
     pub keep_failed_dirs: bool,
+    /// Most io-wq threads running cleanup unlinks.
+    pub cleanup_workers: u32,
     /// Open fd of the base directory (parent of instance directories), for
     /// removing the directories of dead instances.
     pub base_fd: OwnedFd,
@@ -150,7 +152,8 @@ impl Control {
         })?;
         // UNLINKAT runs in io-wq workers: cap them so cleanup cannot take both
         // cores from the data plane.
-        if let Err(e) = ring.set_iowq_max_workers(2, 2) {
+        let iowq = cfg.cleanup_workers;
+        if let Err(e) = ring.set_iowq_max_workers(iowq, iowq) {
             tracing::warn!(error = %e, "could not cap io-wq workers");
         }
         let metrics = Arc::clone(&cfg.metrics);
