@@ -273,6 +273,20 @@ pub(crate) fn push_u64(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&buf[i..]);
 }
 
+/// Appends the framing header we re-emit for a forwarded body: the length, or
+/// `Transfer-Encoding: chunked` (the chunked bytes themselves pass verbatim).
+pub(crate) fn push_framing(out: &mut Vec<u8>, body: BodyKind) {
+    match body {
+        BodyKind::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            push_u64(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyKind::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        BodyKind::None | BodyKind::CloseDelimited => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,8 +5,8 @@
 
 use super::{
     connection_tokens, content_length, find_header, is_hop_by_hop, list_elements, map_httparse,
-    own_headers, persistent, push_header, push_u64, query, start_line, transfer_coding, BodyKind,
-    HttpError, Parsed, TransferCoding, MAX_HEAD, MAX_HEADERS,
+    own_headers, persistent, push_framing, push_header, query, start_line, transfer_coding,
+    BodyKind, HttpError, Parsed, TransferCoding, MAX_HEAD, MAX_HEADERS,
 };
 
 /// A parsed request head.
@@ -187,15 +187,7 @@ impl RequestHead {
             }
             push_header(out, name.as_bytes(), value);
         }
-        match self.body {
-            BodyKind::Length(n) => {
-                out.extend_from_slice(b"Content-Length: ");
-                push_u64(out, n);
-                out.extend_from_slice(b"\r\n");
-            }
-            BodyKind::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-            BodyKind::None | BodyKind::CloseDelimited => {}
-        }
+        push_framing(out, self.body);
         out.extend_from_slice(b"\r\n");
     }
 }

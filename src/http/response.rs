@@ -5,8 +5,8 @@
 
 use super::{
     connection_tokens, content_length, find_header, is_hop_by_hop, map_httparse, own_headers,
-    persistent, push_header, push_u64, start_line, transfer_coding, BodyKind, HttpError, Parsed,
-    TransferCoding, MAX_HEAD, MAX_HEADERS,
+    persistent, push_framing, push_header, push_u64, start_line, transfer_coding, BodyKind,
+    HttpError, Parsed, TransferCoding, MAX_HEAD, MAX_HEADERS,
 };
 
 /// A parsed response head.
@@ -145,15 +145,7 @@ impl ResponseHead {
             push_header(out, name.as_bytes(), value);
         }
         if !informational {
-            match self.body {
-                BodyKind::Length(n) => {
-                    out.extend_from_slice(b"Content-Length: ");
-                    push_u64(out, n);
-                    out.extend_from_slice(b"\r\n");
-                }
-                BodyKind::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-                BodyKind::None | BodyKind::CloseDelimited => {}
-            }
+            push_framing(out, self.body);
             if !client_keep_alive || self.body == BodyKind::CloseDelimited {
                 out.extend_from_slice(b"Connection: close\r\n");
             }
