@@ -111,6 +111,7 @@ def main():
     ap.add_argument("--window", type=float, default=1.5)
     ap.add_argument("--json")
     ap.add_argument("--cleanup-workers", type=int, default=2)
+    ap.add_argument("--cleanup-cpus", default="auto")
     ap.add_argument(
         "--sync",
         action="store_true",
@@ -124,7 +125,7 @@ def main():
     base = tempfile.mkdtemp(prefix="ringmux-stall-")
     p = subprocess.Popen(
         [binary, "serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--base-dir", base, "--demo",
-         "--cleanup-workers", str(a.cleanup_workers)],
+         "--cleanup-workers", str(a.cleanup_workers), "--cleanup-cpus", a.cleanup_cpus],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -221,6 +222,7 @@ def main():
     summary["rate_per_s"] = a.rate
     summary["synced"] = a.sync
     summary["cleanup_workers"] = a.cleanup_workers
+    summary["cleanup_cpus"] = a.cleanup_cpus
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}, indent=2))
     if a.json:
         with open(a.json, "w") as f:

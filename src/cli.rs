@@ -93,6 +93,13 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub cleanup_workers: u32,
 
+    /// CPUs the directory-deleting kernel threads may run on: `auto` (the last
+    /// CPU, on machines with two or more), `all`, or a list like `2,3`.
+    /// Confining them keeps a data-plane wake-up from queueing behind a kernel
+    /// thread in the middle of an unlink.
+    #[arg(long, default_value = "auto", value_name = "CPUS")]
+    pub cleanup_cpus: String,
+
     /// Run the built-in demo MCP server as the child (no COMMAND needed).
     #[arg(long, conflicts_with = "command")]
     pub demo: bool,

@@ -42,6 +42,8 @@ pub struct Config {
     pub keep_failed_dirs: bool,
     /// io-wq threads for cleanup unlinks.
     pub cleanup_workers: u32,
+    /// CPUs for those threads (`None`: any).
+    pub cleanup_cpus: Option<Vec<usize>>,
 }
 
 /// Invalid flags.
@@ -64,6 +66,9 @@ pub enum ConfigError {
     /// `--cleanup-workers` out of range.
     #[error("--cleanup-workers must be between 1 and 16")]
     CleanupWorkers,
+    /// Bad `--cleanup-cpus`.
+    #[error("--cleanup-cpus must be `auto`, `all` or a comma-separated list of CPU numbers")]
+    CleanupCpus,
     /// Bad `--key-param`.
     #[error("--key-param must be a non-empty name without '=', '&', '?' or '#'")]
     KeyParam,
@@ -111,6 +116,50 @@ impl Config {
             admin: args.admin,
             keep_failed_dirs: args.keep_failed_dirs,
             cleanup_workers: args.cleanup_workers,
+            cleanup_cpus: cleanup_cpus(&args.cleanup_cpus)?,
         })
+    }
+}
+
+/// Resolves `--cleanup-cpus`: `all` → no pinning; `auto` → the last CPU this
+/// process may run on, when it may run on at least two (cleanup then never
+/// shares a core with more than one data-plane thread's worth of work, and a
+/// data-plane wake-up finds the other core free instead of queueing behind a
+/// kernel thread in the middle of an unlink); a list → those CPUs.
+fn cleanup_cpus(spec: &str) -> Result<Option<Vec<usize>>, ConfigError> {
+    match spec.trim() {
+        "all" => Ok(None),
+        "auto" => {
+            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+            Ok((n >= 2).then(|| vec![n - 1]))
+        }
+        list => {
+            let cpus: Result<Vec<usize>, _> =
+                list.split(',').map(|c| c.trim().parse::<usize>()).collect();
+            match cpus {
+                Ok(c) if !c.is_empty() && c.iter().all(|&x| x < 1024) => Ok(Some(c)),
+                _ => Err(ConfigError::CleanupCpus),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleanup_cpu_specs() {
+        assert_eq!(cleanup_cpus("all"), Ok(None));
+        assert_eq!(cleanup_cpus("1,3"), Ok(Some(vec![1, 3])));
+        assert_eq!(cleanup_cpus("x"), Err(ConfigError::CleanupCpus));
+        assert_eq!(cleanup_cpus(""), Err(ConfigError::CleanupCpus));
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let auto = cleanup_cpus("auto").expect("auto");
+        if n >= 2 {
+            assert_eq!(auto, Some(vec![n - 1]));
+        } else {
+            assert_eq!(auto, None);
+        }
     }
 }

@@ -115,6 +115,7 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         max_children: cfg.max_children,
         keep_failed_dirs: cfg.keep_failed_dirs,
         cleanup_workers: cfg.cleanup_workers,
+        cleanup_cpus: cfg.cleanup_cpus.clone(),
         base_fd,
         metrics: Arc::clone(&metrics),
     };

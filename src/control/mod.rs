@@ -75,6 +75,8 @@ pub struct ControlConfig {
     pub keep_failed_dirs: bool,
     /// Most io-wq threads running cleanup unlinks.
     pub cleanup_workers: u32,
+    /// CPUs those threads may run on (`None`: any).
+    pub cleanup_cpus: Option<Vec<usize>>,
     /// Open fd of the base directory (parent of instance directories), for
     /// removing the directories of dead instances.
     pub base_fd: OwnedFd,
@@ -152,6 +154,12 @@ impl Control {
         })?;
         // UNLINKAT runs in io-wq workers: cap them so cleanup cannot take both
         // cores from the data plane.
+        if let Some(cpus) = &cfg.cleanup_cpus {
+            match ring.set_iowq_affinity(cpus) {
+                Ok(()) => tracing::info!(?cpus, "cleanup threads pinned"),
+                Err(e) => tracing::warn!(error = %e, ?cpus, "cannot pin cleanup threads"),
+            }
+        }
         let iowq = cfg.cleanup_workers;
         if let Err(e) = ring.set_iowq_max_workers(iowq, iowq) {
             tracing::warn!(error = %e, "could not cap io-wq workers");

@@ -154,6 +154,24 @@ impl Ring {
         Ok(max)
     }
 
+    /// Restricts this ring's io-wq worker threads to the given CPUs
+    /// (`IORING_REGISTER_IOWQ_AFF`).
+    pub fn set_iowq_affinity(&self, cpus: &[usize]) -> io::Result<()> {
+        // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        for &c in cpus {
+            if c >= libc::CPU_SETSIZE as usize {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "cpu out of range",
+                ));
+            }
+            // SAFETY: `c < CPU_SETSIZE` (checked above), so the bit lies inside `set`.
+            unsafe { libc::CPU_SET(c, &mut set) };
+        }
+        self.uring.submitter().register_iowq_aff(&set)
+    }
+
     /// Number of ops in flight.
     pub fn in_flight(&self) -> usize {
         self.ops.len()
@@ -391,6 +409,14 @@ mod tests {
             "no completion for tag {tag}: {:?}",
             out.iter().map(|c| (c.tag, c.result)).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn iowq_limits_and_affinity_register() {
+        let r = ring();
+        assert!(r.set_iowq_max_workers(2, 2).is_ok());
+        assert!(r.set_iowq_affinity(&[0]).is_ok());
+        assert!(r.set_iowq_affinity(&[libc::CPU_SETSIZE as usize]).is_err());
     }
 
     #[test]
