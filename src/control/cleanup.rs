@@ -238,7 +238,7 @@ impl Cleanup {
                 }
                 let fd = self.parent.as_raw_fd();
                 let name = self.root_name.clone();
-                self.push_unlink(ring, tag | DIR_BIT, fd, name, true);
+                self.push_unlink(ring, tag, fd, name, true);
             }
             _ => {}
         }

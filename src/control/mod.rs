@@ -381,15 +381,22 @@ impl Control {
         }
     }
 
-    fn acquire(&mut self, key: RouteKey, worker: usize) {
-        if self.shutdown.is_some() {
+    /// Tells `workers` that no child for `key` can be had.
+    fn fail(&self, key: RouteKey, workers: impl IntoIterator<Item = usize>, error: &ProxyError) {
+        for w in workers {
             self.reply(
-                worker,
+                w,
                 ToWorker::Failed {
                     key,
-                    error: ProxyError::ShuttingDown,
+                    error: error.clone(),
                 },
             );
+        }
+    }
+
+    fn acquire(&mut self, key: RouteKey, worker: usize) {
+        if self.shutdown.is_some() {
+            self.fail(key, [worker], &ProxyError::ShuttingDown);
             return;
         }
         match self.keys.get_mut(&key) {
@@ -418,13 +425,7 @@ impl Control {
                         max = self.cfg.max_children,
                         "at capacity: refusing a new key"
                     );
-                    self.reply(
-                        worker,
-                        ToWorker::Failed {
-                            key,
-                            error: ProxyError::AtCapacity,
-                        },
-                    );
+                    self.fail(key, [worker], &ProxyError::AtCapacity);
                     return;
                 }
                 self.spawn_for(key, vec![worker], true);
@@ -507,7 +508,7 @@ impl Control {
                 self.live += 1;
                 self.ports.insert(live.child.addr.port());
                 self.metrics.spawns.fetch_add(1, Relaxed);
-                self.metrics.live_children.fetch_add(1, Relaxed);
+                self.metrics.live_children.store(self.live as u64, Relaxed);
                 self.by_child.insert(live.child.id, key);
                 for w in &acquirers {
                     self.reply(
@@ -530,15 +531,7 @@ impl Control {
             Err(msg) => {
                 self.metrics.spawn_failures.fetch_add(1, Relaxed);
                 tracing::error!(key = %label, error = %msg, "could not start child");
-                for w in acquirers {
-                    self.reply(
-                        w,
-                        ToWorker::Failed {
-                            key,
-                            error: ProxyError::SpawnFailed(msg.clone()),
-                        },
-                    );
-                }
+                self.fail(key, acquirers, &ProxyError::SpawnFailed(msg));
             }
         }
     }
@@ -628,7 +621,7 @@ impl Control {
         };
         let cause = live.killed.unwrap_or(ExitCause::Crashed);
         self.metrics.child_exited(cause);
-        self.metrics.live_children.fetch_sub(1, Relaxed);
+        self.metrics.live_children.store(self.live as u64, Relaxed);
         if live.killed.is_some() {
             tracing::info!(key = %label, pid = live.pid, %how, "child stopped");
         } else {
@@ -755,26 +748,10 @@ impl Control {
             return;
         }
         if self.shutdown.is_some() {
-            for w in acquirers {
-                self.reply(
-                    w,
-                    ToWorker::Failed {
-                        key,
-                        error: ProxyError::ShuttingDown,
-                    },
-                );
-            }
+            self.fail(key, acquirers, &ProxyError::ShuttingDown);
         } else if self.live >= self.cfg.max_children {
             self.metrics.at_capacity.fetch_add(1, Relaxed);
-            for w in acquirers {
-                self.reply(
-                    w,
-                    ToWorker::Failed {
-                        key,
-                        error: ProxyError::AtCapacity,
-                    },
-                );
-            }
+            self.fail(key, acquirers, &ProxyError::AtCapacity);
         } else {
             self.spawn_for(key, acquirers, false);
         }

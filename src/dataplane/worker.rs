@@ -471,11 +471,7 @@ impl Worker {
         let cl = &self.clients[r.0];
         let idle = matches!(cl.phase, Phase::Head) && cl.pending.is_empty();
         if idle {
-            if cl.out.is_idle() {
-                self.close_client(r);
-            } else {
-                self.clients[r.0].close_after_flush = true;
-            }
+            self.close_when_flushed(r);
         } else {
             // The client went away mid-exchange (for SSE: cancellation). Drop
             // the upstream side at once so the child sees the disconnect.
@@ -615,7 +611,7 @@ impl Worker {
                     if let Some(e) = err {
                         // A broken request body cannot be forwarded meaningfully.
                         tracing::debug!(worker = self.id, error = %e, "bad request body");
-                        self.drop_upstream(up);
+                        self.close_up(up);
                         let cl = &mut self.clients[r.0];
                         cl.pending.clear();
                         cl.pending_bytes = 0;
@@ -1194,12 +1190,7 @@ impl Worker {
         let cl = &mut self.clients[cr.0];
         cl.phase = Phase::Head;
         if !req_done || !cl.keep_alive {
-            cl.close_after_flush = true;
-            cl.pending.clear();
-            cl.pending_bytes = 0;
-            if cl.out.is_idle() {
-                self.close_client(cr);
-            }
+            self.close_when_flushed(cr);
             return;
         }
         if cl.recv.paused {
@@ -1321,15 +1312,9 @@ impl Worker {
             return;
         }
         if let Phase::Proxy { up, .. } = self.clients[r.0].phase {
-            self.drop_upstream(up);
-        }
-        self.close_client(r);
-    }
-
-    fn drop_upstream(&mut self, up: Ref) {
-        if self.up_ok(up) {
             self.close_up(up);
         }
+        self.close_client(r);
     }
 
     fn close_client(&mut self, r: Ref) {
