@@ -17,6 +17,8 @@ machine whoever does it); report p50/p99/max of the windows, their ratios, the w
 lag (heartbeat lateness, from the admin metrics, reset per window), the
 cleanup's wall time (ringmux's own metric, and the close request's latency),
 and `rm -rf` of an identical tree made the same way, in the same run.
+A second quiet window compared with the first (`aa_*`) shows how far two
+windows with no cleanup at all differ here: the noise floor of the ratios.
 
 Usage: benches/cleanup_stall.py [--bin target/release/ringmux] [--runs 3]
        [--files 20000] [--dirs 20] [--rate 500] [--window 1.5]
@@ -156,6 +158,11 @@ def main():
             before = metrics(admin)  # also resets the per-window lag gauges
             quiet = probe_window(probe_bin, port, probe, a.rate, a.window)
             base_lag = worker_lag(metrics(admin))
+            # A/A control: a second quiet window, compared with the first the
+            # same way the cleanup window is. It shows the noise floor of the
+            # ratio and the max on this machine.
+            quiet2 = probe_window(probe_bin, port, probe, a.rate, a.window)
+            metrics(admin)
             clean = probe_window(
                 probe_bin, port, probe, a.rate, a.window,
                 side_path=f"/vf/close?vf_state_secret={victim}",
@@ -206,6 +213,8 @@ def main():
             }
             r["p99_ratio"] = r["cleanup_p99_ms"] / r["baseline_p99_ms"]
             r["max_added_ms"] = r["cleanup_max_ms"] - r["baseline_max_ms"]
+            r["aa_p99_ratio"] = quiet2["p99_us"] / quiet["p99_us"]
+            r["aa_max_added_ms"] = (quiet2["max_us"] - quiet["max_us"]) / 1e3
             runs.append(r)
             print(f"run {run + 1}/{a.runs}: " + json.dumps({k: round(v, 3) for k, v in r.items()}), file=sys.stderr)
     finally:
