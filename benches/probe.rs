@@ -11,8 +11,11 @@
 //! Usage:
 //!   cargo run --release --example probe -- --addr 127.0.0.1:PORT \
 //!       --path '/mcp?vf_state_secret=k' --body '{...}' --rate 500 --secs 1.5 \
-//!       [--side-url '/vf/close?vf_state_secret=v' --side-at-ms 300]
-//! Prints one JSON object: count, p50/p90/p99/p999/max (µs), side_ms.
+//!       [--side-url '/vf/close?vf_state_secret=v' --side-at-ms 300] \
+//!       [--series FILE]
+//! Prints one JSON object: count, p50/p90/p99/p999/max (µs), side_ms. With
+//! `--series`, FILE gets one line per request: `scheduled_offset_us latency_us`
+//! (the latency-against-time plots of the benchmark harness).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -26,6 +29,7 @@ struct Args {
     secs: f64,
     side_path: Option<String>,
     side_at_ms: u64,
+    series: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -37,6 +41,7 @@ fn parse_args() -> Result<Args, String> {
         secs: 1.0,
         side_path: None,
         side_at_ms: 0,
+        series: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -48,6 +53,7 @@ fn parse_args() -> Result<Args, String> {
             "--rate" => a.rate = val()?.parse().map_err(|e| format!("--rate: {e}"))?,
             "--secs" => a.secs = val()?.parse().map_err(|e| format!("--secs: {e}"))?,
             "--side-url" => a.side_path = Some(val()?),
+            "--series" => a.series = Some(val()?),
             "--side-at-ms" => {
                 a.side_at_ms = val()?.parse().map_err(|e| format!("--side-at-ms: {e}"))?
             }
@@ -162,6 +168,14 @@ fn run() -> Result<(), String> {
             return Err(format!("probe request got {st}"));
         }
         lat.push(due.elapsed().as_micros() as u64);
+    }
+    if let Some(path) = &a.series {
+        let mut out = String::with_capacity(lat.len() * 16);
+        for (i, l) in lat.iter().enumerate() {
+            let offset = (period * i as u32).as_micros();
+            out.push_str(&format!("{offset} {l}\n"));
+        }
+        std::fs::write(path, out).map_err(|e| format!("--series {path}: {e}"))?;
     }
     let side_ms = match side {
         Some(h) => Some(h.join().map_err(|_| "side thread panicked")??),

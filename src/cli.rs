@@ -27,9 +27,20 @@ pub enum Command {
     ///
     /// Example: ringmux serve --listen 127.0.0.1:8000 -- uvicorn --fd 3 my_tools:app
     Serve(Box<ServeArgs>),
-    /// Internal: the built-in demo MCP server, run as the child of `serve --demo`.
+    /// Internal: the built-in demo MCP server, run as the child of `serve --demo`
+    /// (it serves the listening socket on fd 3). With `--listen ADDR` it binds
+    /// its own socket instead: the benchmarks put it behind other proxies.
     #[command(hide = true)]
-    DemoChild,
+    DemoChild(DemoChildArgs),
+}
+
+/// Flags of the hidden `demo-child` subcommand.
+#[derive(Debug, Args)]
+pub struct DemoChildArgs {
+    /// Bind and serve this address instead of the inherited fd 3. With port 0,
+    /// the chosen address is printed as `demo-child: listening on http://ADDR`.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
 }
 
 /// Flags of `ringmux serve`.

@@ -15,6 +15,8 @@
 //! - `GET /mcp` → 405 (`Allow: POST`), `DELETE /mcp` → 200.
 //! - `GET /healthz` → 200 `ok`.
 //! - `GET /sse?n=N&interval_ms=M` — a chunked `text/event-stream` of N events.
+//! - `GET /blob?bytes=N` — N bytes of `application/octet-stream` (for large-body
+//!   benchmarks; capped at 16 MiB).
 //! - anything else → 404.
 //!
 //! Error conventions for `tools/call`: an unknown tool name, or missing/ill-typed
@@ -55,6 +57,8 @@ const MAX_SSE_EVENTS: u64 = 100_000;
 const MAX_SSE_INTERVAL_MS: u64 = 60_000;
 const DEFAULT_SSE_EVENTS: u64 = 5;
 const DEFAULT_SSE_INTERVAL_MS: u64 = 100;
+const DEFAULT_BLOB: usize = 64 * 1024;
+const MAX_BLOB: usize = 16 * 1024 * 1024;
 
 const INSTRUCTIONS: &str = "ringmux demo MCP server. Every rollout gets its own server process, \
 so state is private to the rollout: a value stored with scratch_write is returned by \
@@ -559,9 +563,32 @@ fn route(req: &Request) -> Reply {
             },
             _ => Response::text(405, "method not allowed").header("Allow", "GET"),
         },
+        "/blob" => match method {
+            "GET" => match parse_blob_query(&req.query) {
+                Some(bytes) => Response {
+                    content_type: Some("application/octet-stream"),
+                    body: vec![b'x'; bytes],
+                    ..Response::new(200)
+                },
+                None => Response::text(400, "bad query: expected bytes=<int>"),
+            },
+            _ => Response::text(405, "method not allowed").header("Allow", "GET"),
+        },
         _ => Response::text(404, "not found"),
     };
     Reply::Full(resp)
+}
+
+/// `bytes` (default 65536, capped at [`MAX_BLOB`]); a non-integer is `None` (→ 400).
+fn parse_blob_query(query: &str) -> Option<usize> {
+    let mut bytes = DEFAULT_BLOB;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key == "bytes" {
+            bytes = value.parse::<usize>().ok()?.min(MAX_BLOB);
+        }
+    }
+    Some(bytes)
 }
 
 // ---------------------------------------------------------------------------
@@ -1269,6 +1296,21 @@ mod tests {
         c.send(b"POST /mcp HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
         assert_eq!(c.read_response().status, 400);
         c.assert_closed();
+    }
+
+    #[test]
+    fn demo_blob_returns_the_asked_size() {
+        let addr = start_server();
+        let mut c = Client::connect(addr);
+        c.send(b"GET /blob?bytes=70000 HTTP/1.1\r\nHost: t\r\n\r\n");
+        let r = c.read_response();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len(), 70000);
+        assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+        c.send(b"GET /blob HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(c.read_response().body.len(), 65536);
+        c.send(b"GET /blob?bytes=lots HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(c.read_response().status, 400);
     }
 
     #[test]

@@ -27,8 +27,12 @@ use cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::DemoChild => {
-            let listener = match child::sys::inherited_listener() {
+        Command::DemoChild(args) => {
+            let listener = match args.listen {
+                None => child::sys::inherited_listener(),
+                Some(addr) => bind_demo_listener(addr),
+            };
+            let listener = match listener {
                 Ok(l) => l,
                 Err(e) => {
                     eprintln!("ringmux demo-child: {e}");
@@ -73,4 +77,14 @@ fn init_logging() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
+}
+
+/// A standalone demo child's own listener (`demo-child --listen`), with
+/// TCP_NODELAY like the sockets `serve` hands its children; prints the bound
+/// address so scripts can use port 0.
+fn bind_demo_listener(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    socket2::SockRef::from(&listener).set_tcp_nodelay(true)?;
+    println!("demo-child: listening on http://{}", listener.local_addr()?);
+    Ok(listener)
 }
