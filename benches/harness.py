@@ -1,0 +1,848 @@
+#!/usr/bin/env python3
+"""The benchmark harness: ringmux against its peers, every figure a comparison
+measured in the same run. Run it through `scripts/bench.sh` (which builds the
+binaries, installs nginx and the Python peers, then calls this file).
+
+Parts (see benches/RESULTS.md for a reading of the numbers):
+
+1. The seed's experiment: a child whose directory holds 20,000 one-byte files in
+   21 directories is closed while another rollout's child is driven at a steady
+   rate (open loop, Rust probe). Columns: the Python original (synchronous and
+   off-loop cleanup, benches/pyorig/proxy.py) and ringmux. Reports the maximum
+   stall and p99 against a quiet window of the same run, the proxy's event-loop
+   gap, cleanup wall time (and `rm -rf` of an identical tree), RSS delta and
+   threads during cleanup, plus every request's latency against time (plot).
+2. The request path: small MCP `tools/call` requests at fixed arrival rates
+   (open loop, Rust generator benches/loadgen.rs) straight to a fast native
+   child, through ringmux, through nginx and through the Python original; one
+   connection for added latency, 32 connections rising to saturation; 64 KiB
+   responses; an SSE stream of 1,000 events (time to the last event).
+3. Scale: first-request latency for a new key, open+close churn, and ringmux's
+   RSS and fd count with many live children.
+
+Writes benches/results/results.json (raw), summary.md (tables) and SVG plots,
+and prints the tables. Everything talks to 127.0.0.1 only; every loop is
+bounded in count and time.
+"""
+
+import argparse
+import concurrent.futures as cf
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RINGMUX = os.path.join(ROOT, "target/release/ringmux")
+PROBE = os.path.join(ROOT, "target/release/examples/probe")
+LOADGEN = os.path.join(ROOT, "target/release/examples/loadgen")
+PYORIG = os.path.join(ROOT, "benches/pyorig/proxy.py")
+KEY = "vf_state_secret"
+SMALL_BODY = json.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"text": "x" * 96}},
+    }
+)
+
+# ---------------------------------------------------------------------------
+# progress display
+# ---------------------------------------------------------------------------
+
+
+class Progress:
+    """One line per step on stderr: `[ step/total  elapsed] what`."""
+
+    def __init__(self, total):
+        self.total = total
+        self.done = 0
+        self.t0 = time.monotonic()
+
+    def step(self, what):
+        self.done += 1
+        el = time.monotonic() - self.t0
+        self.total = max(self.total, self.done)
+        print(
+            f"[{self.done:3d}/{self.total:<3d} {int(el) // 60:2d}:{int(el) % 60:02d}] {what}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def note(self, what):
+        print(f"              {what}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# processes under test
+# ---------------------------------------------------------------------------
+
+
+class Proc:
+    """A started server: its process, its port, and how to stop it."""
+
+    def __init__(self, popen, port, admin=None, name=""):
+        self.p = popen
+        self.port = port
+        self.admin = admin
+        self.name = name
+
+    @property
+    def pid(self):
+        return self.p.pid
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(timeout=10)
+
+
+def read_lines_until(p, patterns, timeout):
+    """Reads p's stdout until every regex in `patterns` matched; returns the
+    first group of each."""
+    found = {}
+    deadline = time.time() + timeout
+    box = {}
+
+    def reader():
+        for line in p.stdout:
+            for name, pat in patterns.items():
+                m = re.search(pat, line)
+                if m and name not in found:
+                    found[name] = m.group(1)
+            if len(found) == len(patterns):
+                box["ok"] = True
+                return
+
+    th = threading.Thread(target=reader, daemon=True)
+    th.start()
+    th.join(timeout=max(0.0, deadline - time.time()))
+    if len(found) != len(patterns):
+        p.kill()
+        raise RuntimeError(f"server did not print {sorted(set(patterns) - set(found))}")
+    # Keep draining stdout so the server never blocks on a full pipe.
+    threading.Thread(target=lambda: [None for _ in p.stdout], daemon=True).start()
+    return found
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_ringmux(base, extra=()):
+    p = subprocess.Popen(
+        [RINGMUX, "serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--base-dir", base, "--demo", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    f = read_lines_until(
+        p, {"admin": r"metrics on http://([\d.:]+)/metrics", "port": r"listening on http://[\d.]+:(\d+)"}, 20
+    )
+    return Proc(p, int(f["port"]), admin=f["admin"], name="ringmux")
+
+
+def start_demo_child():
+    p = subprocess.Popen(
+        [RINGMUX, "demo-child", "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    f = read_lines_until(p, {"port": r"listening on http://[\d.]+:(\d+)"}, 20)
+    return Proc(p, int(f["port"]), name="direct")
+
+
+NGINX_CONF = """
+daemon off;
+master_process on;
+worker_processes {workers};
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream child {{
+        server 127.0.0.1:{upstream};
+        keepalive 128;
+    }}
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        location / {{
+            proxy_pass http://child;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx(upstream_port, workdir, workers=2):
+    os.makedirs(workdir, exist_ok=True)
+    port = free_port()
+    conf = os.path.join(workdir, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_CONF.format(workers=workers, dir=workdir, upstream=upstream_port, port=port))
+    p = subprocess.Popen(
+        ["nginx", "-c", conf, "-p", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True
+    )
+    wait_port(port)
+    return Proc(p, port, name="nginx")
+
+
+def start_pyorig(python, base, mode="offloop", nodelay=True, child="exec"):
+    """The Python original. child="exec": the forked child execs the same
+    native demo child ringmux runs (fd 3); child="python": the faithful fork
+    that serves a Python app with uvicorn (first requests pay its 50 ms
+    connect polling)."""
+    args = [python, PYORIG, "--listen", "127.0.0.1:0", "--base-dir", base, "--mode", mode, "--child", child]
+    if child == "exec":
+        args += ["--child-cmd", RINGMUX, "demo-child"]
+    if nodelay:
+        args.insert(2, "--nodelay")
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    f = read_lines_until(p, {"port": r"listening on http://[\d.]+:(\d+)"}, 60)
+    return Proc(p, int(f["port"]), name=f"pyorig-{mode}{'' if nodelay else '-as-written'}")
+
+
+# ---------------------------------------------------------------------------
+# measuring
+# ---------------------------------------------------------------------------
+
+
+def call(port, key, name, args, timeout=180):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": args}})
+    c.request("POST", f"/mcp?{KEY}={key}", body=body, headers={"content-type": "application/json"})
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    if r.status != 200:
+        raise RuntimeError(f"{name}: HTTP {r.status}: {data[:200]!r}")
+    return data
+
+
+def close_key(port, key, timeout=180):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    c.request("POST", f"/vf/close?{KEY}={key}", body=b"")
+    r = c.getresponse()
+    r.read()
+    c.close()
+    return r.status
+
+
+def ringmux_metrics(admin):
+    out = {}
+    with urllib.request.urlopen(f"http://{admin}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line and not line.startswith("#"):
+                k, v = line.rsplit(" ", 1)
+                out[k] = float(v)
+    return out
+
+
+def loop_gap_s(proc):
+    """The proxy's largest event-loop gap since the last call (resets it)."""
+    if proc.admin:
+        m = ringmux_metrics(proc.admin)
+        return max(v for k, v in m.items() if k.startswith("ringmux_worker_loop_lag_recent_max_seconds"))
+    with urllib.request.urlopen(f"http://127.0.0.1:{proc.port}/_pyorig/metrics", timeout=30) as r:
+        return json.loads(r.read())["loop_gap_max_s"]
+
+
+def proc_status(pid):
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in ("VmRSS", "Threads"):
+                    out[k] = int(v.split()[0])
+        out["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return out
+
+
+def children_of(pid):
+    try:
+        out = subprocess.run(["ps", "-o", "pid=,stat=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    except OSError:
+        return []
+    return [line.split() for line in out.splitlines() if line.strip()]
+
+
+class Sampler:
+    """Samples a process's RSS and thread count every 5 ms while running."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.max_rss = 0
+        self.max_threads = 0
+        self.stop_ev = threading.Event()
+        self.th = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while not self.stop_ev.is_set():
+            s = proc_status(self.pid)
+            self.max_rss = max(self.max_rss, s.get("VmRSS", 0))
+            self.max_threads = max(self.max_threads, s.get("Threads", 0))
+            self.stop_ev.wait(0.005)
+
+    def __enter__(self):
+        self.th.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_ev.set()
+        self.th.join(timeout=5)
+
+
+def probe(port, key, rate, secs, side_path=None, side_at_ms=0, series=None):
+    cmd = [
+        PROBE, "--addr", f"127.0.0.1:{port}", "--path", f"/mcp?{KEY}={key}",
+        "--body", SMALL_BODY, "--rate", str(rate), "--secs", str(secs),
+    ]
+    if side_path:
+        cmd += ["--side-url", side_path, "--side-at-ms", str(side_at_ms)]
+    if series:
+        cmd += ["--series", series]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=secs + 240)
+    return json.loads(out.stdout)
+
+
+def loadgen(port, path, rate, secs, conns, body=None, mode="full", warmup=0.5):
+    cmd = [
+        LOADGEN, "--addr", f"127.0.0.1:{port}", "--path", path, "--rate", str(rate),
+        "--secs", str(secs), "--conns", str(conns), "--mode", mode, "--warmup", str(warmup),
+    ]
+    if body is not None:
+        cmd += ["--body", body]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=secs + warmup + 120)
+    return json.loads(out.stdout)
+
+
+def make_tree(root, files, dirs):
+    """Same layout as the demo's write_files: nested d0/d1/.../d{dirs-1}."""
+    paths = [root]
+    p = root
+    for i in range(dirs):
+        p = os.path.join(p, f"d{i}")
+        paths.append(p)
+    for q in paths:
+        os.makedirs(q, exist_ok=True)
+    for j in range(files):
+        with open(os.path.join(paths[j % len(paths)], f"f{j}"), "wb") as f:
+            f.write(b"x")
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+# ---------------------------------------------------------------------------
+# part 1: the seed's experiment
+# ---------------------------------------------------------------------------
+
+
+def part1(cfg, prog, outdir, workdir):
+    columns = [("python-sync", "sync"), ("python-offloop", "offloop"), ("ringmux", None)]
+    res = {"columns": {}, "rate_per_s": cfg.p1_rate, "window_s": cfg.p1_window, "files": cfg.files, "dirs": cfg.dirs + 1}
+    for col, mode in columns:
+        base = tempfile.mkdtemp(prefix=f"p1-{col}-", dir=workdir)
+        proc = start_ringmux(base) if mode is None else start_pyorig(cfg.python, base, mode=mode, nodelay=True)
+        runs = []
+        try:
+            pkey = f"probe-{uuid.uuid4().hex}"
+            call(proc.port, pkey, "echo", {"text": "warm"})
+            for run in range(cfg.p1_runs):
+                prog.step(f"part 1: {col} run {run + 1}/{cfg.p1_runs}")
+                victim = f"victim-{uuid.uuid4().hex}"
+                call(proc.port, victim, "write_files", {"count": cfg.files, "dirs": cfg.dirs})
+                loop_gap_s(proc)  # reset
+                quiet_series = os.path.join(workdir, f"{col}-{run}-quiet.txt")
+                quiet = probe(proc.port, pkey, cfg.p1_rate, cfg.p1_window, series=quiet_series)
+                quiet_gap = loop_gap_s(proc)
+                rss0 = proc_status(proc.pid).get("VmRSS", 0)
+                thr0 = proc_status(proc.pid).get("Threads", 0)
+                side_at = int(cfg.p1_window * 250)
+                series = os.path.join(workdir, f"{col}-{run}-cleanup.txt")
+                with Sampler(proc.pid) as smp:
+                    clean = probe(
+                        proc.port, pkey, cfg.p1_rate, cfg.p1_window,
+                        side_path=f"/vf/close?{KEY}={victim}", side_at_ms=side_at, series=series,
+                    )
+                rss1 = proc_status(proc.pid).get("VmRSS", 0)
+                clean_gap = loop_gap_s(proc)
+                tree = os.path.join(base, f"rmrf-{run}")
+                make_tree(tree, cfg.files, cfg.dirs)
+                t = time.perf_counter()
+                subprocess.run(["rm", "-rf", tree], check=True)
+                rmrf = time.perf_counter() - t
+                r = {
+                    "quiet_p50_ms": quiet["p50_us"] / 1e3,
+                    "quiet_p99_ms": quiet["p99_us"] / 1e3,
+                    "quiet_max_ms": quiet["max_us"] / 1e3,
+                    "cleanup_p50_ms": clean["p50_us"] / 1e3,
+                    "cleanup_p99_ms": clean["p99_us"] / 1e3,
+                    "cleanup_max_ms": clean["max_us"] / 1e3,
+                    "quiet_loop_gap_ms": quiet_gap * 1e3,
+                    "cleanup_loop_gap_ms": clean_gap * 1e3,
+                    "close_latency_s": clean["side_ms"] / 1e3,
+                    "rm_rf_s": rmrf,
+                    "rss_delta_kib": rss1 - rss0,
+                    "rss_peak_delta_kib": max(smp.max_rss, rss1) - rss0,
+                    "threads_before": thr0,
+                    "threads_during_cleanup_max": smp.max_threads,
+                    "side_at_ms": side_at,
+                }
+                r["p99_ratio"] = r["cleanup_p99_ms"] / r["quiet_p99_ms"]
+                r["max_added_ms"] = r["cleanup_max_ms"] - r["quiet_max_ms"]
+                with open(series) as f:
+                    r["series"] = [tuple(int(x) for x in line.split()) for line in f if line.strip()]
+                runs.append(r)
+                prog.note(
+                    f"max stall {r['cleanup_max_ms']:.2f} ms (quiet {r['quiet_max_ms']:.2f}), "
+                    f"p99 x{r['p99_ratio']:.2f}, close {r['close_latency_s']:.2f} s, rm -rf {rmrf:.2f} s"
+                )
+        finally:
+            proc.stop()
+            shutil.rmtree(base, ignore_errors=True)
+        keys = [k for k in runs[0] if k != "series"]
+        summary = {k: med(r[k] for r in runs) for k in keys}
+        # The run whose max stall is the median one is the one plotted.
+        order = sorted(range(len(runs)), key=lambda i: runs[i]["cleanup_max_ms"])
+        plotted = runs[order[len(order) // 2]]
+        res["columns"][col] = {"summary": summary, "runs": [{k: v for k, v in r.items() if k != "series"} for r in runs],
+                               "plotted_series": plotted["series"], "plotted_side_at_ms": plotted["side_at_ms"],
+                               "plotted_close_s": plotted["close_latency_s"]}
+    return res
+
+
+# ---------------------------------------------------------------------------
+# part 2: the request path
+# ---------------------------------------------------------------------------
+
+
+def part2(cfg, prog, workdir):
+    res = {"targets": {}, "sweep_conns": cfg.conns}
+    child = start_demo_child()
+    procs = {"direct": child}
+    base_r = tempfile.mkdtemp(prefix="p2-ringmux-", dir=workdir)
+    base_p = tempfile.mkdtemp(prefix="p2-pyorig-", dir=workdir)
+    base_w = tempfile.mkdtemp(prefix="p2-pyorig-aw-", dir=workdir)
+    try:
+        procs["ringmux"] = start_ringmux(base_r)
+        procs["nginx"] = start_nginx(child.port, os.path.join(workdir, "nginx"))
+        procs["python-original"] = start_pyorig(cfg.python, base_p, mode="offloop", nodelay=True)
+        # As written, the original serves its Python app with uvicorn on a
+        # socket without TCP_NODELAY (the native demo child would set it on
+        # its own accepted sockets and hide the delayed-ACK penalty).
+        procs["python-original-as-written"] = start_pyorig(
+            cfg.python, base_w, mode="offloop", nodelay=False, child="python"
+        )
+        key = f"bench-{uuid.uuid4().hex[:8]}"
+        mcp_path = f"/mcp?{KEY}={key}"
+        for name, p in procs.items():
+            # Start the key's child (proxies) and warm the path.
+            for _ in range(3):
+                call(p.port, key, "echo", {"text": "warm"})
+        for name, p in procs.items():
+            t = {}
+            as_written = name.endswith("as-written")
+            # (a) one keep-alive connection, fixed low rate: added latency.
+            rate1 = 10 if as_written else cfg.rate1
+            prog.step(f"part 2: {name}: 1 connection @ {rate1}/s")
+            t["one_conn"] = loadgen(p.port, mcp_path, rate1, cfg.p2_secs, 1, body=SMALL_BODY)
+            t["one_conn"]["rate"] = rate1
+            # (b) many connections, rising rate until saturation.
+            sweep = []
+            for rate in cfg.py_rates if name.startswith("python") else cfg.rates:
+                prog.step(f"part 2: {name}: {cfg.conns} connections @ {rate}/s")
+                r = loadgen(p.port, mcp_path, rate, cfg.p2_secs, cfg.conns, body=SMALL_BODY)
+                r["rate"] = rate
+                sweep.append(r)
+                prog.note(f"achieved {r['achieved_rps']:.0f}/s, p50 {r['p50_us'] / 1e3:.2f} ms, p99 {r['p99_us'] / 1e3:.2f} ms, errors {r['errors']}")
+                if r["achieved_rps"] < 0.85 * rate or r["p99_us"] > 1e6:
+                    break
+            t["sweep"] = sweep
+            t["saturation_rps"] = max(r["achieved_rps"] for r in sweep)
+            if not as_written:
+                # (c) 64 KiB responses.
+                blob = f"/blob?bytes=65536&{KEY}={key}"
+                prog.step(f"part 2: {name}: 64 KiB responses")
+                t["blob_one_conn"] = loadgen(p.port, blob, cfg.blob_rate, cfg.p2_secs, 1)
+                t["blob_sat"] = loadgen(p.port, blob, 200000, cfg.p2_secs, cfg.conns)
+                # (d) SSE: 1,000 small events, time to the last one.
+                prog.step(f"part 2: {name}: SSE stream of 1,000 events")
+                t["sse"] = loadgen(p.port, f"/sse?n=1000&interval_ms=0&{KEY}={key}", cfg.sse_rate, cfg.p2_secs, 1, mode="sse")
+            res["targets"][name] = t
+    finally:
+        for p in procs.values():
+            p.stop()
+        for b in (base_r, base_p, base_w):
+            shutil.rmtree(b, ignore_errors=True)
+    return res
+
+
+# ---------------------------------------------------------------------------
+# part 3: scale
+# ---------------------------------------------------------------------------
+
+
+def first_request_ms(port, n, prog, name):
+    lats = []
+    for i in range(n):
+        key = f"first-{uuid.uuid4().hex}"
+        t = time.perf_counter()
+        call(port, key, "echo", {"text": "hi"})
+        lats.append((time.perf_counter() - t) * 1e3)
+        close_key(port, key)
+    lats.sort()
+    return {"n": n, "p50_ms": med(lats), "p90_ms": lats[int(0.9 * (n - 1))], "max_ms": lats[-1]}
+
+
+def churn(port, n, conc):
+    def one(_):
+        key = f"churn-{uuid.uuid4().hex}"
+        call(port, key, "echo", {"text": "hi"})
+        if close_key(port, key) != 200:
+            raise RuntimeError("close failed")
+
+    t = time.perf_counter()
+    with cf.ThreadPoolExecutor(conc) as ex:
+        list(ex.map(one, range(n)))
+    el = time.perf_counter() - t
+    return {"rollouts": n, "concurrency": conc, "seconds": el, "rollouts_per_s": n / el}
+
+
+def part3(cfg, prog, workdir):
+    res = {}
+    for name in ("ringmux", "python-original"):
+        base = tempfile.mkdtemp(prefix=f"p3-{name}-", dir=workdir)
+        proc = (
+            start_ringmux(base, ["--max-children", str(cfg.live + 100)])
+            if name == "ringmux"
+            else start_pyorig(cfg.python, base, mode="offloop", nodelay=True, child="python")
+        )
+        r = {}
+        try:
+            prog.step(f"part 3: {name}: first request for {cfg.first_n} new keys")
+            r["first_request"] = first_request_ms(proc.port, cfg.first_n, prog, name)
+            prog.note(f"p50 {r['first_request']['p50_ms']:.1f} ms")
+            prog.step(f"part 3: {name}: churn of {cfg.churn_n} rollouts, 20 at a time")
+            r["churn"] = churn(proc.port, cfg.churn_n, 20)
+            prog.note(f"{r['churn']['rollouts_per_s']:.0f} rollouts/s")
+            if name == "ringmux":
+                prog.step(f"part 3: ringmux: {cfg.live} live children")
+                idle = proc_status(proc.pid)
+                keys = [f"live-{i}-{uuid.uuid4().hex[:8]}" for i in range(cfg.live)]
+                with cf.ThreadPoolExecutor(20) as ex:
+                    list(ex.map(lambda k: call(proc.port, k, "echo", {"text": "hi"}), keys))
+                live = proc_status(proc.pid)
+                kids = children_of(proc.pid)
+                child_rss = 0
+                for pid, _stat in kids:
+                    child_rss += proc_status(pid).get("VmRSS", 0)
+                with cf.ThreadPoolExecutor(20) as ex:
+                    list(ex.map(lambda k: close_key(proc.port, k), keys))
+                time.sleep(0.5)
+                after = proc_status(proc.pid)
+                left_kids = [k for k in children_of(proc.pid)]
+                left_dirs = sum(len(os.listdir(os.path.join(base, d))) for d in os.listdir(base)
+                                if os.path.isdir(os.path.join(base, d)) and d.startswith("ringmux-"))
+                r["live"] = {
+                    "children": len(kids),
+                    "rss_idle_kib": idle.get("VmRSS"),
+                    "rss_live_kib": live.get("VmRSS"),
+                    "fds_idle": idle.get("fds"),
+                    "fds_live": live.get("fds"),
+                    "threads_live": live.get("Threads"),
+                    "children_rss_total_kib": child_rss,
+                    "rss_after_close_kib": after.get("VmRSS"),
+                    "fds_after_close": after.get("fds"),
+                    "children_left": len(left_kids),
+                    "child_dirs_left": left_dirs,
+                }
+                prog.note(
+                    f"{len(kids)} children: RSS {idle.get('VmRSS')} -> {live.get('VmRSS')} KiB, "
+                    f"fds {idle.get('fds')} -> {live.get('fds')}; after close: {len(left_kids)} children, {left_dirs} dirs"
+                )
+        finally:
+            proc.stop()
+            shutil.rmtree(base, ignore_errors=True)
+        res[name] = r
+    return res
+
+
+# ---------------------------------------------------------------------------
+# tables and plots
+# ---------------------------------------------------------------------------
+
+
+def fmt(v, nd=2):
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def tables(results):
+    out = []
+    p1 = results.get("part1")
+    if p1:
+        out.append(f"### Part 1 — cleanup of {p1['files']:,} files in {p1['dirs']} directories while another rollout is driven at {p1['rate_per_s']:.0f} req/s\n")
+        out.append("Medians of paired runs; *quiet* is a window of the same run without cleanup.\n")
+        cols = list(p1["columns"])
+        out.append("| metric | " + " | ".join(cols) + " |")
+        out.append("| --- |" + " --- |" * len(cols))
+        rows = [
+            ("max stall during cleanup (ms)", "cleanup_max_ms", 2),
+            ("max, quiet window (ms)", "quiet_max_ms", 2),
+            ("p99 during cleanup (ms)", "cleanup_p99_ms", 2),
+            ("p99, quiet window (ms)", "quiet_p99_ms", 2),
+            ("p99 ratio", "p99_ratio", 2),
+            ("proxy event-loop gap during cleanup (ms)", "cleanup_loop_gap_ms", 2),
+            ("event-loop gap, quiet (ms)", "quiet_loop_gap_ms", 2),
+            ("close → cleaned (s)", "close_latency_s", 3),
+            ("`rm -rf` of the same tree (s)", "rm_rf_s", 3),
+            ("RSS delta of the proxy (KiB)", "rss_delta_kib", 0),
+            ("threads before → max during cleanup", None, 0),
+        ]
+        for label, k, nd in rows:
+            cells = []
+            for c in cols:
+                s = p1["columns"][c]["summary"]
+                if k is None:
+                    cells.append(f"{fmt(s['threads_before'], 0)} → {fmt(s['threads_during_cleanup_max'], 0)}")
+                else:
+                    v = s[k]
+                    cells.append(fmt(round(v) if nd == 0 and v is not None else v, nd))
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+        out.append(f"\nRuns per column: {len(p1['columns'][cols[0]]['runs'])}.\n")
+    p2 = results.get("part2")
+    if p2:
+        t = p2["targets"]
+        out.append("### Part 2 — the request path (small `tools/call`, keep-alive, open loop)\n")
+        d = t.get("direct", {}).get("one_conn", {}).get("p50_us")
+        out.append("| target | 1 conn: rate | p50 (µs) | added p50 vs direct (µs) | p99 (µs) | p99.9 (µs) | max (µs) | saturation, "
+                   f"{p2['sweep_conns']} conns (req/s) |")
+        out.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for name, r in t.items():
+            o = r["one_conn"]
+            added = o["p50_us"] - d if d is not None else None
+            out.append(
+                f"| {name} | {o['rate']}/s | {o['p50_us']:.0f} | {fmt(added, 0)} | {o['p99_us']:.0f} | {o['p999_us']:.0f} | {o['max_us']:.0f} | {r['saturation_rps']:.0f} |"
+            )
+        out.append("")
+        out.append("| target | 64 KiB: p50 / p99 (µs), 1 conn | 64 KiB: req/s, saturated | SSE 1,000 events: time to last event p50 / p99 (ms) |")
+        out.append("| --- | --- | --- | --- |")
+        for name, r in t.items():
+            if "blob_one_conn" not in r:
+                continue
+            b, s, e = r["blob_one_conn"], r["blob_sat"], r["sse"]
+            out.append(
+                f"| {name} | {b['p50_us']:.0f} / {b['p99_us']:.0f} | {s['achieved_rps']:.0f} | {e['p50_us'] / 1e3:.2f} / {e['p99_us'] / 1e3:.2f} |"
+            )
+        out.append("")
+        ng, rm = t.get("nginx"), t.get("ringmux")
+        if ng and rm and d is not None:
+            out.append(
+                f"Headline: ringmux adds {rm['one_conn']['p50_us'] - d:.0f} µs at p50 over the child, nginx "
+                f"{ng['one_conn']['p50_us'] - d:.0f} µs; saturation ringmux / nginx = "
+                f"{rm['saturation_rps'] / ng['saturation_rps']:.2f}×.\n"
+            )
+    p3 = results.get("part3")
+    if p3:
+        out.append("### Part 3 — scale\n")
+        out.append("| | first request, new key: p50 / p90 / max (ms) | open+close churn (rollouts/s, 20 at a time) |")
+        out.append("| --- | --- | --- |")
+        for name, r in p3.items():
+            f, c = r["first_request"], r["churn"]
+            out.append(f"| {name} | {f['p50_ms']:.2f} / {f['p90_ms']:.2f} / {f['max_ms']:.2f} | {c['rollouts_per_s']:.0f} |")
+        lv = p3.get("ringmux", {}).get("live")
+        if lv:
+            out.append("")
+            out.append(
+                f"ringmux with {lv['children']} live children: RSS {lv['rss_idle_kib']} → {lv['rss_live_kib']} KiB, "
+                f"fds {lv['fds_idle']} → {lv['fds_live']}, {lv['threads_live']} threads; the children together "
+                f"{lv['children_rss_total_kib'] // 1024} MiB RSS. After closing all: {lv['children_left']} children, "
+                f"{lv['child_dirs_left']} child directories left, fds {lv['fds_after_close']}.\n"
+            )
+    return "\n".join(out)
+
+
+def plots(results, outdir):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        print("harness: matplotlib missing, no plots", file=sys.stderr)
+        return []
+    made = []
+    p1 = results.get("part1")
+    if p1:
+        cols = list(p1["columns"])
+        fig, axes = plt.subplots(len(cols), 1, figsize=(9, 2.6 * len(cols)), sharex=True, sharey=True)
+        for ax, c in zip(axes, cols):
+            col = p1["columns"][c]
+            xs = [o / 1e6 for o, _ in col["plotted_series"]]
+            ys = [max(l / 1e3, 0.01) for _, l in col["plotted_series"]]
+            ax.plot(xs, ys, ".", ms=2)
+            t0 = col["plotted_side_at_ms"] / 1e3
+            ax.axvspan(t0, t0 + col["plotted_close_s"], color="tab:red", alpha=0.15, label="close → cleaned")
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.set_ylabel("latency (ms)")
+            ax.set_title(f"{c}: max {max(ys):.2f} ms", fontsize=9)
+            ax.legend(loc="upper right", fontsize=8)
+        axes[-1].set_xlabel("time since the window started (s)")
+        fig.suptitle(f"Other rollout's request latency while a {p1['files']:,}-file child is closed", fontsize=10)
+        fig.tight_layout()
+        path = os.path.join(outdir, "part1_latency_over_time.svg")
+        fig.savefig(path)
+        plt.close(fig)
+        made.append(path)
+    p2 = results.get("part2")
+    if p2:
+        fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+        for name, r in p2["targets"].items():
+            xs = [s["achieved_rps"] for s in r["sweep"]]
+            ax[0].plot(xs, [s["p50_us"] / 1e3 for s in r["sweep"]], "o-", label=name, ms=3)
+            ax[1].plot(xs, [s["p99_us"] / 1e3 for s in r["sweep"]], "o-", label=name, ms=3)
+        for a, what in zip(ax, ("p50", "p99")):
+            a.set_xscale("log")
+            a.set_yscale("log")
+            a.set_xlabel("achieved throughput (req/s)")
+            a.set_ylabel(f"{what} latency (ms, from scheduled start)")
+            a.grid(True, which="both", alpha=0.3)
+        ax[0].legend(fontsize=8)
+        fig.suptitle(f"Small tools/call, {p2['sweep_conns']} keep-alive connections, open loop", fontsize=10)
+        fig.tight_layout()
+        path = os.path.join(outdir, "part2_latency_vs_throughput.svg")
+        fig.savefig(path)
+        plt.close(fig)
+        made.append(path)
+    return made
+
+
+def machine():
+    info = {"kernel": platform.release(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo") as f:
+            info["mem_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
+        info["nginx"] = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+        info["fs_of_workdir"] = subprocess.run(["df", "-T", tempfile.gettempdir()], capture_output=True, text=True).stdout.splitlines()[-1].split()[1]
+    except (OSError, IndexError):
+        pass
+    return info
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer runs, shorter windows: under 3 minutes")
+    ap.add_argument("--parts", default="1,2,3", help="which parts to run, e.g. 2 or 1,3")
+    ap.add_argument("--out", default=os.path.join(ROOT, "benches/results"), help="directory for JSON, tables, plots")
+    ap.add_argument("--python", default=sys.executable, help="Python that runs the Python original (needs uvicorn, httpx)")
+    a = ap.parse_args()
+    parts = {int(x) for x in a.parts.split(",") if x.strip()}
+    q = a.quick
+    cfg = argparse.Namespace(
+        python=a.python,
+        files=20000,
+        dirs=20,
+        p1_runs=1 if q else 3,
+        p1_rate=200,
+        p1_window=2.0,
+        p2_secs=1.5 if q else 3.0,
+        rate1=200,
+        conns=32,
+        rates=[2000, 8000, 32000, 100000] if q else [1000, 2000, 4000, 8000, 16000, 24000, 32000, 48000, 64000, 100000],
+        py_rates=[100, 400, 1600] if q else [100, 200, 400, 800, 1600, 3200],
+        blob_rate=200,
+        sse_rate=10,
+        first_n=10 if q else 50,
+        churn_n=100 if q else 500,
+        live=200 if q else 1000,
+    )
+    for binary in (RINGMUX, PROBE, LOADGEN):
+        if not os.path.exists(binary):
+            sys.exit(f"harness: {binary} missing (run scripts/bench.sh, which builds it)")
+    os.makedirs(a.out, exist_ok=True)
+    total = (3 * cfg.p1_runs if 1 in parts else 0) + (5 * (2 + len(cfg.rates)) if 2 in parts else 0) + (5 if 3 in parts else 0)
+    prog = Progress(total)
+    workdir = tempfile.mkdtemp(prefix="ringmux-bench-")
+    results = {"machine": machine(), "quick": q, "command": " ".join(["scripts/bench.sh"] + (["--quick"] if q else [])),
+               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    t0 = time.monotonic()
+    try:
+        if 1 in parts:
+            results["part1"] = part1(cfg, prog, a.out, workdir)
+        if 2 in parts:
+            results["part2"] = part2(cfg, prog, workdir)
+        if 3 in parts:
+            results["part3"] = part3(cfg, prog, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    results["seconds"] = round(time.monotonic() - t0, 1)
+    with open(os.path.join(a.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    md = tables(results)
+    made = plots(results, a.out)
+    with open(os.path.join(a.out, "summary.md"), "w") as f:
+        f.write(f"# Benchmark results ({'quick' if q else 'full'} run, {results['started']}, {results['seconds']} s)\n\n")
+        f.write(f"Machine: {json.dumps(results['machine'])}\n\n")
+        f.write(md + "\n")
+        for p in made:
+            f.write(f"\n![{os.path.basename(p)}]({os.path.basename(p)})\n")
+    print(md)
+    print(f"\nharness: wrote {a.out}/results.json, summary.md and {len(made)} plot(s) in {results['seconds']} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The benchmark harness: builds what it needs, installs the peers, runs
+# benches/harness.py and leaves JSON, a markdown table and SVG plots in
+# benches/results/.
+#   scripts/bench.sh            full run (~15 min on 2 cores)
+#   scripts/bench.sh --quick    fewer runs, shorter windows (< 3 min)
+#   scripts/bench.sh --parts 2  only part 2 (1: cleanup stall, 2: request path, 3: scale)
+# Everything talks to 127.0.0.1 only. Needs root (or sudo) once, to install nginx.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '==== %s\n' "$*" >&2; }
+
+say "building ringmux, the probe and the load generator (release)"
+cargo build --release --quiet --bin ringmux --example probe --example loadgen
+
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+    say "installing nginx (Debian package nginx-light)"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx-light >/dev/null
+fi
+export PATH="$PATH:/usr/sbin"
+
+VENV=.venv-bench
+REQ=benches/requirements.txt
+STAMP="$VENV/.requirements.sha256"
+want="$(cat "$REQ" benches/pyorig/requirements.txt | sha256sum | cut -d' ' -f1)"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null || true)" != "$want" ]; then
+    say "installing the Python side into $VENV (matplotlib, uvicorn, httpx)"
+    "${PYTHON:-python3}" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQ"
+    echo "$want" > "$STAMP"
+fi
+
+say "running benches/harness.py $*"
+exec "$VENV/bin/python" benches/harness.py --python "$PWD/$VENV/bin/python" "$@"
