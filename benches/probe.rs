@@ -71,10 +71,10 @@ fn parse_args() -> Result<Args, String> {
 
 fn request(path: &str, body: &str) -> Vec<u8> {
     if body.is_empty() {
-        format!("GET {path} HTTP/1.1\r\nHost: probe\r\n\r\n").into_bytes()
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes()
     } else {
         format!(
-            "POST {path} HTTP/1.1\r\nHost: probe\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )
         .into_bytes()

@@ -111,6 +111,15 @@ pub struct ServeArgs {
     #[arg(long, default_value = "auto", value_name = "CPUS")]
     pub cleanup_cpus: String,
 
+    /// An `Origin` browsers may send (repeatable), e.g.
+    /// `--allow-origin http://localhost:3000`; `*` allows any. Without it only
+    /// loopback origins are allowed. A request with another Origin, or (when
+    /// listening on a loopback address) with a Host that is neither a loopback
+    /// name nor an allowed origin's host, gets 403 before it reaches a child:
+    /// DNS-rebinding protection. Clients that send no Origin (SDKs) pass.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origins: Vec<String>,
+
     /// Run the built-in demo MCP server as the child (no COMMAND needed).
     #[arg(long, conflicts_with = "command")]
     pub demo: bool,

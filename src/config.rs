@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::ServeArgs;
+use crate::origin::{BadOrigin, OriginPolicy};
 
 /// What a child is made from.
 #[derive(Debug, Clone)]
@@ -44,6 +45,8 @@ pub struct Config {
     pub cleanup_workers: u32,
     /// CPUs for those threads (`None`: any).
     pub cleanup_cpus: Option<Vec<usize>>,
+    /// Which Origin / Host headers the listener accepts.
+    pub origin: OriginPolicy,
 }
 
 /// Invalid flags.
@@ -69,6 +72,9 @@ pub enum ConfigError {
     /// Bad `--cleanup-cpus`.
     #[error("--cleanup-cpus must be `auto`, `all` or a comma-separated list of CPU numbers")]
     CleanupCpus,
+    /// Bad `--allow-origin`.
+    #[error(transparent)]
+    AllowOrigin(#[from] BadOrigin),
     /// Bad `--key-param`.
     #[error("--key-param must be a non-empty name without '=', '&', '?' or '#'")]
     KeyParam,
@@ -117,6 +123,7 @@ impl Config {
             keep_failed_dirs: args.keep_failed_dirs,
             cleanup_workers: args.cleanup_workers,
             cleanup_cpus: cleanup_cpus(&args.cleanup_cpus)?,
+            origin: OriginPolicy::new(&args.allow_origins, args.listen.ip().is_loopback())?,
         })
     }
 }

@@ -4,6 +4,7 @@
 //! side failed (client, child, or ringmux itself).
 
 use crate::http::{simple_response, HttpError};
+use crate::origin::Refusal;
 
 /// Why a request did not get its child's answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -11,6 +12,10 @@ pub enum ProxyError {
     /// Client side: the request could not be parsed.
     #[error("bad request: {0}")]
     BadRequest(HttpError),
+    /// Client side: its Origin or Host is not allowed (DNS-rebinding
+    /// protection, `--allow-origin`).
+    #[error("forbidden: {0}")]
+    Forbidden(Refusal),
     /// Child side: connecting to it, or sending the request, failed.
     #[error("child unreachable")]
     ChildUnreachable,
@@ -39,6 +44,7 @@ impl ProxyError {
     pub fn status(&self) -> u16 {
         match self {
             ProxyError::BadRequest(e) => e.status(),
+            ProxyError::Forbidden(_) => 403,
             ProxyError::ChildUnreachable
             | ProxyError::ChildClosed
             | ProxyError::BadResponse(_)

@@ -15,6 +15,7 @@ mod error;
 mod http;
 mod metrics;
 mod msg;
+mod origin;
 mod route;
 mod server;
 

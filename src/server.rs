@@ -165,6 +165,7 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
             control: ctl_tx.clone(),
             key_param: cfg.key_param.clone(),
             close_path: cfg.close_path.clone(),
+            origin: cfg.origin.clone(),
             metrics: Arc::clone(&metrics),
         };
         let ready = ready_tx.clone();

@@ -187,7 +187,7 @@ impl Daemon {
         let started = Instant::now();
         let mut conn = Conn::new(self.connect());
         conn.send(
-            format!("GET /healthz?vf_state_secret={key} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            format!("GET /healthz?vf_state_secret={key} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
                 .as_bytes(),
         );
         let resp = conn
@@ -540,25 +540,25 @@ struct Case {
 const KEY_QS: &str = "vf_state_secret=g";
 
 fn valid_get() -> Vec<u8> {
-    format!("GET /healthz?{KEY_QS} HTTP/1.1\r\nHost: t\r\nUser-Agent: fuzz\r\nAccept: */*\r\n\r\n")
+    format!("GET /healthz?{KEY_QS} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: fuzz\r\nAccept: */*\r\n\r\n")
         .into_bytes()
 }
 
 fn post_head(extra: &str) -> String {
     format!(
-        "POST /mcp?{KEY_QS} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n{extra}\r\n"
+        "POST /mcp?{KEY_QS} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n{extra}\r\n"
     )
 }
 
 fn hdr_req(extra: &str) -> Vec<u8> {
-    format!("GET /healthz?{KEY_QS} HTTP/1.1\r\nHost: t\r\n{extra}\r\n").into_bytes()
+    format!("GET /healthz?{KEY_QS} HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n").into_bytes()
 }
 
 const RPC_BODY: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}"#;
 
 /// Appended after some malformed messages: after a framing error the
 /// connection must close, so this must never get its own response.
-const SMUGGLED: &[u8] = b"GET /healthz?vf_state_secret=g HTTP/1.1\r\nHost: t\r\n\r\n";
+const SMUGGLED: &[u8] = b"GET /healthz?vf_state_secret=g HTTP/1.1\r\nHost: localhost\r\n\r\n";
 
 const NUM_CLASSES: usize = 18;
 
@@ -614,7 +614,7 @@ fn gen_case(rng: &mut XorShift, i: usize) -> Case {
             m.insert(at, c);
             let mut b = m;
             b.extend_from_slice(
-                format!(" /healthz?{KEY_QS} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+                format!(" /healthz?{KEY_QS} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes(),
             );
             Case {
                 class: "bad method char",
@@ -629,7 +629,7 @@ fn gen_case(rng: &mut XorShift, i: usize) -> Case {
             let at = rng.range(1, target.len() - 1);
             let spaces = " ".repeat(rng.range(1, 2));
             let b = format!(
-                "GET {}{}{} HTTP/1.1\r\nHost: t\r\n\r\n",
+                "GET {}{}{} HTTP/1.1\r\nHost: localhost\r\n\r\n",
                 &target[..at],
                 spaces,
                 &target[at..]
@@ -656,7 +656,7 @@ fn gen_case(rng: &mut XorShift, i: usize) -> Case {
             ]);
             Case {
                 class: "bad version",
-                bytes: format!("GET /healthz?{KEY_QS} {v}\r\nHost: t\r\n\r\n").into_bytes(),
+                bytes: format!("GET /healthz?{KEY_QS} {v}\r\nHost: localhost\r\n\r\n").into_bytes(),
                 half_close: false,
                 expect: Expect::Exactly(expect),
             }
@@ -665,8 +665,8 @@ fn gen_case(rng: &mut XorShift, i: usize) -> Case {
             // NUL / bare CR / bare LF / other controls in a header value.
             let ctl: &[u8] = &[0, b'\r', b'\n', 0x01, 0x1b, 0x7f];
             let c = *rng.pick(ctl);
-            let mut b =
-                format!("GET /healthz?{KEY_QS} HTTP/1.1\r\nHost: t\r\nX-Evil: abc").into_bytes();
+            let mut b = format!("GET /healthz?{KEY_QS} HTTP/1.1\r\nHost: localhost\r\nX-Evil: abc")
+                .into_bytes();
             b.push(c);
             // After a bare LF, a line without a colon follows; after a bare
             // CR, more value bytes.
@@ -989,7 +989,7 @@ fn pipelined_requests_answer_in_order() {
         );
         all.extend_from_slice(
             format!(
-                "POST /mcp?vf_state_secret=p HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+                "POST /mcp?vf_state_secret=p HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
                  Accept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
             )
@@ -1092,7 +1092,7 @@ fn mcp_echo(d: &Daemon, key: &str, text: &str) -> Response {
     let mut conn = Conn::new(d.connect());
     conn.send(
         format!(
-            "POST /mcp?vf_state_secret={key} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+            "POST /mcp?vf_state_secret={key} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
              Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )
@@ -1116,7 +1116,7 @@ fn client_disconnect_mid_sse_frees_upstream() {
         );
         let mut conn = Conn::new(d.connect());
         conn.send(
-            b"GET /sse?n=1000&interval_ms=10&vf_state_secret=s HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n",
+            b"GET /sse?n=1000&interval_ms=10&vf_state_secret=s HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n",
         );
         let deadline = Instant::now() + Duration::from_secs(5);
         let (status, headers) = conn

@@ -23,6 +23,7 @@ use crate::http::{
 };
 use crate::metrics::Metrics;
 use crate::msg::{Inbox, Mailbox, ToControl, ToWorker};
+use crate::origin::OriginPolicy;
 use crate::route::{ChildInfo, Failure, RouteKey};
 
 const K_ACCEPT: u64 = 1;
@@ -80,6 +81,8 @@ pub struct WorkerSetup {
     pub key_param: String,
     /// Path that closes a rollout.
     pub close_path: String,
+    /// Which Origin / Host headers are accepted.
+    pub origin: OriginPolicy,
     /// Counters (this worker writes `metrics.workers[id]`).
     pub metrics: Arc<Metrics>,
 }
@@ -94,6 +97,7 @@ pub struct Worker {
     control: Mailbox<ToControl>,
     key_param: String,
     close_path: String,
+    origin: OriginPolicy,
     clients: Slab<Client>,
     ups: Slab<Upstream>,
     cache: HashMap<RouteKey, Arc<ChildInfo>>,
@@ -131,6 +135,7 @@ impl Worker {
             control: setup.control,
             key_param: setup.key_param,
             close_path: setup.close_path,
+            origin: setup.origin,
             clients: Slab::with_capacity(1024),
             ups: Slab::with_capacity(1024),
             cache: HashMap::new(),
@@ -628,6 +633,18 @@ impl Worker {
 
     fn on_request_head(&mut self, r: Ref, head: RequestHead) {
         self.metrics.workers[self.id].requests.fetch_add(1, Relaxed);
+        // DNS-rebinding protection comes first: a refused request neither
+        // starts a child nor closes a rollout.
+        if let Err(why) = self
+            .origin
+            .check(head.header("host"), head.header("origin"))
+        {
+            tracing::debug!(worker = self.id, "refused a request: {why}");
+            self.metrics.workers[self.id].refused.fetch_add(1, Relaxed);
+            self.clients[r.0].keep_alive = false;
+            self.respond_error(r, &ProxyError::Forbidden(why));
+            return;
+        }
         let key_val = head.query_param(&self.key_param);
         let key = RouteKey::from_key(key_val.as_deref());
         let cl = &mut self.clients[r.0];

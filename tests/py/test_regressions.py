@@ -19,7 +19,7 @@ def test_stream_cut_by_close_ends_the_client_connection(raw_ringmux):
     s = _connect(rm)
     s.sendall(
         f"GET /sse?n=100000&interval_ms=20&vf_state_secret={key} HTTP/1.1\r\n"
-        f"Host: t\r\n\r\n".encode()
+        f"Host: localhost\r\n\r\n".encode()
     )
     got = b""
     deadline = time.time() + 10
@@ -60,7 +60,7 @@ def test_expect_100_continue_is_forwarded(ringmux_factory):
     s = _connect(rm)
     s.sendall(
         (
-            f"POST /mcp?vf_state_secret={key} HTTP/1.1\r\nHost: t\r\n"
+            f"POST /mcp?vf_state_secret={key} HTTP/1.1\r\nHost: localhost\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
             f"Expect: 100-continue\r\n\r\n"
         ).encode()
@@ -92,11 +92,11 @@ def test_error_with_unread_body_closes_instead_of_parsing_the_body(ringmux_facto
     request (the body must never be parsed as one)."""
     rm = ringmux_factory(cmd=[str(tmp_path / "no-such-binary")])
     key = f"nobin-{uuid.uuid4().hex}"
-    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n"
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n"
     s = _connect(rm)
     s.sendall(
         (
-            f"POST /mcp?vf_state_secret={key} HTTP/1.1\r\nHost: t\r\n"
+            f"POST /mcp?vf_state_secret={key} HTTP/1.1\r\nHost: localhost\r\n"
             f"Content-Length: {len(smuggled)}\r\n\r\n"
         ).encode()
         + smuggled

@@ -1,0 +1,315 @@
+//! DNS-rebinding protection for ringmux's own listener: which `Origin` and
+//! `Host` headers a request may carry (pure: header values in, a verdict out).
+//!
+//! A web page the user visits can make the browser send requests to
+//! `127.0.0.1:PORT` under a hostile name it controls (DNS rebinding), or
+//! straight from its own origin. The MCP transport rules say a server must
+//! check `Origin`; ringmux checks it *before* a request is routed, so a refused
+//! request never starts a child or closes a rollout. The rules:
+//!
+//! - **`Origin`** (sent by browsers, not by SDK clients): allowed if it equals
+//!   one of `--allow-origin` (scheme, host and port, case-insensitive), or, when
+//!   no `--allow-origin` is given, if it is a loopback origin
+//!   (`http(s)://localhost|127.0.0.1|[::1]`, any port). `--allow-origin '*'`
+//!   turns the check off. A request without `Origin` passes this check.
+//! - **`Host`**, only when ringmux listens on a loopback address: its host part
+//!   must be a loopback name (`localhost`, `127.0.0.1`, `[::1]`, any port) or
+//!   the host of an allowed origin. A rebinding page's requests carry its own
+//!   name here. Requests without `Host` (HTTP/1.0) pass.
+//!
+//! Children never see refused requests. ringmux rewrites `Host` for the child,
+//! so a child's own Host check cannot do this job behind the proxy.
+
+use std::fmt;
+
+/// What the listener accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginPolicy {
+    /// Normalised allowed origins (`scheme://host[:port]`, lowercase); empty:
+    /// loopback origins only.
+    allowed: Vec<String>,
+    /// `--allow-origin '*'`: no Origin check.
+    any_origin: bool,
+    /// Check `Host` (the listener is on a loopback address).
+    check_host: bool,
+}
+
+/// Why a request was refused (the 403 body names it, never the value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `Origin` is not allowed.
+    Origin,
+    /// `Host` is not a loopback name (loopback listener).
+    Host,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Refusal::Origin => "Origin not allowed (see --allow-origin)",
+            Refusal::Host => {
+                "Host is not a loopback name (DNS-rebinding protection; see --allow-origin)"
+            }
+        })
+    }
+}
+
+/// A bad `--allow-origin` value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--allow-origin {0:?}: expected `*` or scheme://host[:port] (e.g. http://localhost:3000)")]
+pub struct BadOrigin(pub String);
+
+impl OriginPolicy {
+    /// A policy from the `--allow-origin` values; `loopback_listener` turns on
+    /// the Host check.
+    pub fn new(allow: &[String], loopback_listener: bool) -> Result<OriginPolicy, BadOrigin> {
+        let mut allowed = Vec::new();
+        let mut any_origin = false;
+        for a in allow {
+            if a == "*" {
+                any_origin = true;
+                continue;
+            }
+            match normalise_origin(a) {
+                Some(o) => allowed.push(o),
+                None => return Err(BadOrigin(a.clone())),
+            }
+        }
+        Ok(OriginPolicy {
+            allowed,
+            any_origin,
+            check_host: loopback_listener,
+        })
+    }
+
+    /// The verdict for one request's `Host` and `Origin` header values.
+    pub fn check(&self, host: Option<&[u8]>, origin: Option<&[u8]>) -> Result<(), Refusal> {
+        if let Some(origin) = origin {
+            if !self.any_origin && !self.origin_allowed(origin) {
+                return Err(Refusal::Origin);
+            }
+        }
+        if self.check_host {
+            if let Some(host) = host {
+                if !self.host_allowed(host) {
+                    return Err(Refusal::Host);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn origin_allowed(&self, origin: &[u8]) -> bool {
+        let Some(o) = std::str::from_utf8(origin).ok().and_then(normalise_origin) else {
+            return false; // "null", garbage: refused
+        };
+        if self.allowed.is_empty() {
+            return origin_host(&o).is_some_and(is_loopback_name);
+        }
+        self.allowed.contains(&o)
+    }
+
+    fn host_allowed(&self, host: &[u8]) -> bool {
+        let Ok(host) = std::str::from_utf8(host) else {
+            return false;
+        };
+        let Some(name) = host_name(host.trim()) else {
+            return false;
+        };
+        let name = name.to_ascii_lowercase();
+        is_loopback_name(&name)
+            || self
+                .allowed
+                .iter()
+                .any(|a| origin_host(a).is_some_and(|h| h == name))
+    }
+}
+
+/// `scheme://host[:port]` lowercased, without a trailing `/`; `None` if it is
+/// not of that shape (a path, query, user info or empty host).
+fn normalise_origin(s: &str) -> Option<String> {
+    let s = s.trim().trim_end_matches('/').to_ascii_lowercase();
+    let (scheme, rest) = s.split_once("://")?;
+    if scheme.is_empty()
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    {
+        return None;
+    }
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+        return None;
+    }
+    host_name(rest)?;
+    Some(s)
+}
+
+/// The host part of a normalised origin.
+fn origin_host(origin: &str) -> Option<&str> {
+    host_name(origin.split_once("://")?.1)
+}
+
+/// The host part of `host[:port]` or `[v6][:port]`; `None` if malformed.
+fn host_name(authority: &str) -> Option<&str> {
+    let name = if let Some(rest) = authority.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let after = &rest[end + 1..];
+        if !(after.is_empty() || after.strip_prefix(':').is_some_and(is_port)) {
+            return None;
+        }
+        &authority[..end + 2]
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) if is_port(p) => h,
+            Some(_) => return None,
+            None => authority,
+        }
+    };
+    (!name.is_empty()).then_some(name)
+}
+
+fn is_port(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn is_loopback_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name == "[::1]"
+        || name
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(allow: &[&str], loopback: bool) -> OriginPolicy {
+        let allow: Vec<String> = allow.iter().map(|s| s.to_string()).collect();
+        OriginPolicy::new(&allow, loopback).expect("valid policy")
+    }
+
+    fn check(pol: &OriginPolicy, host: Option<&str>, origin: Option<&str>) -> Result<(), Refusal> {
+        pol.check(host.map(str::as_bytes), origin.map(str::as_bytes))
+    }
+
+    #[test]
+    fn default_loopback_listener() {
+        let pol = p(&[], true);
+        // SDK clients: no Origin, loopback Host.
+        assert_eq!(check(&pol, Some("127.0.0.1:8000"), None), Ok(()));
+        assert_eq!(check(&pol, Some("localhost:8000"), None), Ok(()));
+        assert_eq!(check(&pol, Some("[::1]:8000"), None), Ok(()));
+        assert_eq!(check(&pol, Some("LOCALHOST"), None), Ok(()));
+        assert_eq!(check(&pol, None, None), Ok(()));
+        // Browser on a loopback page.
+        assert_eq!(
+            check(&pol, Some("localhost:8000"), Some("http://localhost:3000")),
+            Ok(())
+        );
+        assert_eq!(
+            check(&pol, Some("127.0.0.1"), Some("https://127.0.0.1")),
+            Ok(())
+        );
+        // DNS rebinding: the attacker's name in Host and Origin.
+        assert_eq!(
+            check(
+                &pol,
+                Some("evil.example.com"),
+                Some("http://evil.example.com")
+            ),
+            Err(Refusal::Origin)
+        );
+        assert_eq!(
+            check(&pol, Some("evil.example.com:8000"), None),
+            Err(Refusal::Host)
+        );
+        assert_eq!(
+            check(&pol, Some("127.0.0.1"), Some("null")),
+            Err(Refusal::Origin)
+        );
+        assert_eq!(
+            check(&pol, Some("127.0.0.1"), Some("http://localhost.evil.com")),
+            Err(Refusal::Origin)
+        );
+        assert_eq!(check(&pol, Some("127.0.0.2"), None), Ok(()));
+        assert_eq!(
+            check(&pol, Some("127.0.0.1:notaport"), None),
+            Err(Refusal::Host)
+        );
+        assert_eq!(check(&pol, Some(""), None), Err(Refusal::Host));
+    }
+
+    #[test]
+    fn allow_list() {
+        let pol = p(&["https://App.Example.com", "http://localhost:3000/"], true);
+        assert_eq!(
+            check(&pol, Some("127.0.0.1"), Some("https://app.example.com")),
+            Ok(())
+        );
+        assert_eq!(
+            check(&pol, Some("127.0.0.1"), Some("http://localhost:3000")),
+            Ok(())
+        );
+        // The list replaces the loopback default for Origin.
+        assert_eq!(
+            check(&pol, Some("127.0.0.1"), Some("http://localhost:3001")),
+            Err(Refusal::Origin)
+        );
+        assert_eq!(
+            check(&pol, Some("127.0.0.1"), Some("http://app.example.com")),
+            Err(Refusal::Origin)
+        );
+        // An allowed origin's host is an allowed Host.
+        assert_eq!(check(&pol, Some("app.example.com:443"), None), Ok(()));
+        assert_eq!(
+            check(&pol, Some("other.example.com"), None),
+            Err(Refusal::Host)
+        );
+    }
+
+    #[test]
+    fn wildcard_and_public_listener() {
+        let pol = p(&["*"], true);
+        assert_eq!(
+            check(&pol, Some("127.0.0.1"), Some("http://anything.example")),
+            Ok(())
+        );
+        assert_eq!(check(&pol, Some("evil.example"), None), Err(Refusal::Host));
+        // Not on loopback: Host is not checked (clients use the node's name).
+        let pol = p(&[], false);
+        assert_eq!(check(&pol, Some("node17.cluster:8000"), None), Ok(()));
+        assert_eq!(
+            check(
+                &pol,
+                Some("node17.cluster:8000"),
+                Some("http://evil.example")
+            ),
+            Err(Refusal::Origin)
+        );
+        assert_eq!(
+            check(&p(&["*"], false), Some("x"), Some("http://evil.example")),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn bad_values() {
+        for bad in [
+            "localhost:3000",
+            "http://",
+            "http://a/b",
+            "http://u@h",
+            "://h",
+            "http://h:99999999",
+        ] {
+            assert!(
+                OriginPolicy::new(&[bad.to_string()], true).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(OriginPolicy::new(&["http://[::1]:3000".to_string()], true).is_ok());
+    }
+}
