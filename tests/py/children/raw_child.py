@@ -16,7 +16,26 @@ contract). Threaded, keep-alive. Endpoints:
   POST /exit               -> answers 'bye', then the process exits (crash simulation)
   GET  /sleep?ms=&marker=  -> (creates file <marker> in cwd if given) sleeps ms, answers 'slept'
   POST /die                -> the process exits at once, without answering
+  GET  /conn               -> JSON {conn_id, request_no, pid}: which accepted connection
+                              (numbered 1, 2, ... per process) served this request, and
+                              the how-manieth request on that connection it is; also
+                              sent as the response header X-Conn-Id
+  GET  /sse_track?n=&interval_ms=&tag=
+                           -> like /sse (header X-Conn-Id too), but watches its connection:
+                              when the peer closes (EOF seen between events) or a write
+                              fails, it stops and records {tag, conn_id, sent, outcome,
+                              t_end} (sent = events fully written; outcome = complete |
+                              eof | write-failed) in memory and as a JSON line appended
+                              to ./sse_track.log
+  GET  /sse_log            -> JSON list of those records
+  POST /respond            -> answers with what the JSON body asks for:
+                              {"status": 200, "headers": [[name, value], ...], "body": "..."}
+                              (headers sent in that order, byte for byte; Content-Length
+                              is added)
   anything else            -> 404
+
+GET /headers also returns "raw_head": the request line and header lines exactly as
+received on the socket (latin-1 decoded, CRLFs kept).
 
 Modes (argv):
   --delay-start SECONDS   sleep before accepting (ready-timeout tests)
@@ -29,6 +48,7 @@ Modes (argv):
 import hashlib
 import json
 import os
+import select
 import socket
 import sys
 import threading
@@ -39,6 +59,10 @@ from urllib.parse import parse_qs, urlsplit
 STATE = {"value": b""}
 STATE_LOCK = threading.Lock()
 STARTUP_FDS: list = []
+CONN_COUNTER = [0]
+CONN_LOCK = threading.Lock()
+SSE_LOG: list = []
+SSE_LOG_LOCK = threading.Lock()
 STARTUP_FD_TARGETS: dict = {}
 
 
@@ -65,12 +89,54 @@ def blob_bytes(size: int) -> bytes:
     return bytes(out[:size])
 
 
+class HeadRecorder:
+    """Wraps rfile: records the raw bytes of each request head (request line and
+    header lines up to the blank line) as read; everything else passes through."""
+
+    def __init__(self, f):
+        self._f = f
+        self.raw = bytearray()
+        self.recording = True
+
+    def start(self):
+        self.raw = bytearray()
+        self.recording = True
+
+    def readline(self, *args):
+        line = self._f.readline(*args)
+        if self.recording:
+            self.raw += line
+            # a blank line ends the head (a bare request line before it never is blank)
+            if line in (b"\r\n", b"\n", b"") and len(self.raw) > len(line):
+                self.recording = False
+        return line
+
+    def read(self, *args):
+        return self._f.read(*args)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "raw_child/1"
 
     def log_message(self, fmt, *args):  # keep stderr quiet
         pass
+
+    def setup(self):
+        super().setup()
+        with CONN_LOCK:
+            CONN_COUNTER[0] += 1
+            self.conn_id = CONN_COUNTER[0]
+        self.request_no = 0
+        self.rfile = HeadRecorder(self.rfile)
+
+    def handle_one_request(self):
+        self.rfile.start()
+        self.request_no += 1
+        super().handle_one_request()
 
     # ---- helpers -------------------------------------------------------
     def _read_body(self) -> bytes:
@@ -142,8 +208,25 @@ class Handler(BaseHTTPRequestHandler):
                     "query": query,
                     "request_line": self.requestline,
                     "headers": [[k, v] for k, v in self.headers.items()],
+                    "raw_head": bytes(self.rfile.raw).decode("latin-1"),
                 }
             )
+        elif path == "/conn":
+            body = json.dumps(
+                {"conn_id": self.conn_id, "request_no": self.request_no, "pid": os.getpid()}
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("X-Conn-Id", str(self.conn_id))
+            self.end_headers()
+            self.wfile.write(body)
+            self.wfile.flush()
+        elif path == "/sse_track":
+            self._sse_track(qs)
+        elif path == "/sse_log":
+            with SSE_LOG_LOCK:
+                self._json(list(SSE_LOG))
         elif path == "/sse":
             n = int(qs.get("n", ["5"])[0])
             interval = int(qs.get("interval_ms", ["200"])[0]) / 1000.0
@@ -180,6 +263,74 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, b"not found")
 
+    def _peer_closed_within(self, timeout: float) -> bool:
+        """Wait up to timeout; True as soon as the peer's EOF/reset is seen."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            r, _, _ = select.select([self.connection], [], [], left)
+            if not r:
+                return False
+            try:
+                data = self.connection.recv(1, socket.MSG_PEEK)
+            except (ConnectionResetError, BrokenPipeError):
+                return True
+            except OSError:
+                return True
+            if not data:
+                return True
+            # Bytes from the peer during our response (unexpected): ignore them.
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            return False
+
+    def _sse_track(self, qs):
+        n = int(qs.get("n", ["1000"])[0])
+        interval = int(qs.get("interval_ms", ["50"])[0]) / 1000.0
+        tag = qs.get("tag", [""])[0]
+        sent = 0
+        outcome = "complete"
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("X-Conn-Id", str(self.conn_id))
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.flush()
+            for i in range(n):
+                data = f"id: {i}\ndata: {tag} event {i} conn={self.conn_id}\n\n".encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+                sent += 1
+                if i + 1 < n and self._peer_closed_within(interval):
+                    outcome = "eof"
+                    break
+            if outcome == "complete":
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+        except OSError:
+            outcome = "write-failed"
+        rec = {"tag": tag, "conn_id": self.conn_id, "sent": sent, "outcome": outcome, "t_end": time.time()}
+        with SSE_LOG_LOCK:
+            SSE_LOG.append(rec)
+            with open("sse_track.log", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        if outcome != "complete":
+            self.close_connection = True
+
+    def _respond(self):
+        spec = json.loads(self._read_body() or b"{}")
+        body = spec.get("body", "").encode()
+        self.send_response(int(spec.get("status", 200)))
+        for name, value in spec.get("headers", []):
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+
     def do_PUT(self):
         path, _, _ = self._route()
         body = self._read_body()
@@ -200,6 +351,8 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/die":
             self._read_body()
             os._exit(9)
+        elif path == "/respond":
+            self._respond()
         elif path == "/mkfiles":
             self._read_body()
             n = int(qs.get("n", ["5000"])[0])
