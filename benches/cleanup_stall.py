@@ -38,8 +38,10 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
+
+from harness import make_tree  # same directory: the benchmark harness
+from harness import ringmux_metrics as metrics
 
 
 def call(conn, key, name, args):
@@ -54,16 +56,6 @@ def call(conn, key, name, args):
     if r.status != 200:
         sys.exit(f"unexpected {r.status}: {data[:200]!r}")
     return data
-
-
-def metrics(admin):
-    out = {}
-    with urllib.request.urlopen(f"http://{admin}/metrics", timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line and not line.startswith("#"):
-                k, v = line.rsplit(" ", 1)
-                out[k] = float(v)
-    return out
 
 
 def worker_lag(m):
@@ -86,20 +78,6 @@ def probe_window(probe, port, key, rate, window, side_path=None, side_at_ms=0):
         cmd += ["--side-url", side_path, "--side-at-ms", str(side_at_ms)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=window + 120)
     return json.loads(out.stdout)
-
-
-def make_tree(root, files, dirs):
-    """Same layout as the demo's write_files: nested d0/d1/.../d{dirs-1}."""
-    paths = [root]
-    p = root
-    for i in range(dirs):
-        p = os.path.join(p, f"d{i}")
-        paths.append(p)
-    for q in paths:
-        os.makedirs(q, exist_ok=True)
-    for j in range(files):
-        with open(os.path.join(paths[j % len(paths)], f"f{j}"), "wb") as f:
-            f.write(b"x")
 
 
 def main():

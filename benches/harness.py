@@ -784,6 +784,16 @@ def tables(results):
     return "\n".join(out)
 
 
+def save_figure(plt, fig, outdir, name):
+    """Writes `name`.svg and a PNG beside it; returns the SVG's path."""
+    fig.tight_layout()
+    path = os.path.join(outdir, f"{name}.svg")
+    fig.savefig(path)
+    fig.savefig(os.path.join(outdir, f"{name}.png"), dpi=90)
+    plt.close(fig)
+    return path
+
+
 def plots(results, outdir):
     try:
         import matplotlib
@@ -813,12 +823,7 @@ def plots(results, outdir):
             ax.legend(loc="upper right", fontsize=8)
         axes[-1].set_xlabel("time since the window started (s)")
         fig.suptitle(f"Other rollout's request latency while a {p1['files']:,}-file child is closed", fontsize=10)
-        fig.tight_layout()
-        path = os.path.join(outdir, "part1_latency_over_time.svg")
-        fig.savefig(path)
-        fig.savefig(path[:-3] + "png", dpi=90)
-        plt.close(fig)
-        made.append(path)
+        made.append(save_figure(plt, fig, outdir, "part1_latency_over_time"))
     p2 = results.get("part2")
     if p2:
         fig, ax = plt.subplots(1, 2, figsize=(11, 4))
@@ -834,12 +839,7 @@ def plots(results, outdir):
             a.grid(True, which="both", alpha=0.3)
         ax[0].legend(fontsize=8)
         fig.suptitle(f"Small tools/call, {p2['sweep_conns']} keep-alive connections, open loop", fontsize=10)
-        fig.tight_layout()
-        path = os.path.join(outdir, "part2_latency_vs_throughput.svg")
-        fig.savefig(path)
-        fig.savefig(path[:-3] + "png", dpi=90)
-        plt.close(fig)
-        made.append(path)
+        made.append(save_figure(plt, fig, outdir, "part2_latency_vs_throughput"))
     return made
 
 

@@ -33,19 +33,18 @@ PY = sys.executable
 KEY_PARAM = "vf_state_secret"
 
 RAW_CMD = [PY, str(RAW_CHILD)]
-MCP_CMD = [
-    PY,
-    "-m",
-    "uvicorn",
-    "--fd",
-    "3",
-    "--app-dir",
-    str(CHILDREN),
-    "--log-level",
-    "warning",
-    "--no-access-log",
-    "mcp_child:app",
-]
+
+
+def uvicorn_fd3_cmd(app: str) -> list[str]:
+    """A ringmux child command: uvicorn serving `app` (from tests/py/children)
+    on the listening socket it inherits as fd 3."""
+    return [
+        PY, "-m", "uvicorn", "--fd", "3", "--app-dir", str(CHILDREN),
+        "--log-level", "warning", "--no-access-log", app,
+    ]
+
+
+MCP_CMD = uvicorn_fd3_cmd("mcp_child:app")
 
 DEFAULT_TEST_TIMEOUT = float(os.environ.get("RINGMUX_TEST_TIMEOUT", "60"))
 HTTP_TIMEOUT = httpx.Timeout(15.0, connect=5.0)

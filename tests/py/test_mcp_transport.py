@@ -33,22 +33,10 @@ from mcp import ClientSession
 from mcp import types as mt
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import CHILDREN, PY, RAW_CMD, module_ringmux, raw_http, status_of, wait_http_ok, wait_until
+from conftest import RAW_CMD, uvicorn_fd3_cmd, module_ringmux, raw_http, status_of, wait_http_ok, wait_until
 from mcp_helpers import MCP_OP_TIMEOUT, tool_json
 
-TRANSPORT_CMD = [
-    PY,
-    "-m",
-    "uvicorn",
-    "--fd",
-    "3",
-    "--app-dir",
-    str(CHILDREN),
-    "--log-level",
-    "warning",
-    "--no-access-log",
-    "mcp_transport_child:app",
-]
+TRANSPORT_CMD = uvicorn_fd3_cmd("mcp_transport_child:app")
 
 
 @pytest.fixture(scope="module")
