@@ -15,8 +15,8 @@ cargo fmt --all -- --check
 section "cargo clippy"
 cargo clippy --all-targets -- -D warnings
 
-section "cargo build --release"
-cargo build --release
+section "cargo build --release (daemon + the benchmark tools the tests check)"
+cargo build --release --bins --examples
 
 section "cargo test"
 cargo test --all

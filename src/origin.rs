@@ -11,7 +11,13 @@
 //!   one of `--allow-origin` (scheme, host and port, case-insensitive), or, when
 //!   no `--allow-origin` is given, if it is a loopback origin
 //!   (`http(s)://localhost|127.0.0.1|[::1]`, any port). `--allow-origin '*'`
-//!   turns the check off. A request without `Origin` passes this check.
+//!   turns the check off. A request without `Origin` passes this check, and
+//!   so does a request with more than one `Origin` header: it is refused.
+//! - **`Sec-Fetch-Site`** (sent by browsers to `http://localhost` and
+//!   `http://127.0.0.1`, never by SDKs or curl): `cross-site` or `same-site`
+//!   is refused unless the request also carries an allowed `Origin`. This stops
+//!   the requests a page can make without an `Origin` header, such as an
+//!   `<img>` GET that would start a child per made-up key or close a rollout.
 //! - **`Host`**, only when ringmux listens on a loopback address: its host part
 //!   must be a loopback name (`localhost`, `127.0.0.1`, `[::1]`, any port) or
 //!   the host of an allowed origin. A rebinding page's requests carry its own
@@ -34,13 +40,29 @@ pub struct OriginPolicy {
     check_host: bool,
 }
 
+/// The request headers the policy looks at.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seen<'a> {
+    /// The `Host` value.
+    pub host: Option<&'a [u8]>,
+    /// The first `Origin` value.
+    pub origin: Option<&'a [u8]>,
+    /// How many `Origin` headers the request has.
+    pub origins: usize,
+    /// The `Sec-Fetch-Site` value.
+    pub fetch_site: Option<&'a [u8]>,
+}
+
 /// Why a request was refused (the 403 body names it, never the value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// `Origin` is not allowed.
+    /// `Origin` is not allowed (or given twice).
     Origin,
     /// `Host` is not a loopback name (loopback listener).
     Host,
+    /// A browser says the request comes from another site, without an
+    /// allowed `Origin`.
+    CrossSite,
 }
 
 impl fmt::Display for Refusal {
@@ -49,6 +71,9 @@ impl fmt::Display for Refusal {
             Refusal::Origin => "Origin not allowed (see --allow-origin)",
             Refusal::Host => {
                 "Host is not a loopback name (DNS-rebinding protection; see --allow-origin)"
+            }
+            Refusal::CrossSite => {
+                "cross-site browser request without an allowed Origin (see --allow-origin)"
             }
         })
     }
@@ -82,15 +107,32 @@ impl OriginPolicy {
         })
     }
 
-    /// The verdict for one request's `Host` and `Origin` header values.
-    pub fn check(&self, host: Option<&[u8]>, origin: Option<&[u8]>) -> Result<(), Refusal> {
-        if let Some(origin) = origin {
-            if !self.any_origin && !self.origin_allowed(origin) {
-                return Err(Refusal::Origin);
+    /// The verdict for one request's headers.
+    pub fn check(&self, seen: &Seen<'_>) -> Result<(), Refusal> {
+        if seen.origins > 1 {
+            return Err(Refusal::Origin);
+        }
+        let origin_ok = match seen.origin {
+            Some(origin) => {
+                if !self.any_origin && !self.origin_allowed(origin) {
+                    return Err(Refusal::Origin);
+                }
+                true
+            }
+            None => false,
+        };
+        if !self.any_origin && !origin_ok {
+            if let Some(site) = seen.fetch_site {
+                let site = site.trim_ascii();
+                if site.eq_ignore_ascii_case(b"cross-site")
+                    || site.eq_ignore_ascii_case(b"same-site")
+                {
+                    return Err(Refusal::CrossSite);
+                }
             }
         }
         if self.check_host {
-            if let Some(host) = host {
+            if let Some(host) = seen.host {
                 if !self.host_allowed(host) {
                     return Err(Refusal::Host);
                 }
@@ -141,6 +183,11 @@ fn normalise_origin(s: &str) -> Option<String> {
         return None;
     }
     host_name(rest)?;
+    // A browser leaves the scheme's default port out of `Origin`.
+    let s = match (scheme, rest.rsplit_once(':')) {
+        ("http", Some((h, "80"))) | ("https", Some((h, "443"))) => format!("{scheme}://{h}"),
+        _ => s.clone(),
+    };
     Some(s)
 }
 
@@ -192,7 +239,70 @@ mod tests {
     }
 
     fn check(pol: &OriginPolicy, host: Option<&str>, origin: Option<&str>) -> Result<(), Refusal> {
-        pol.check(host.map(str::as_bytes), origin.map(str::as_bytes))
+        pol.check(&Seen {
+            host: host.map(str::as_bytes),
+            origin: origin.map(str::as_bytes),
+            origins: usize::from(origin.is_some()),
+            fetch_site: None,
+        })
+    }
+
+    fn fetch(pol: &OriginPolicy, origin: Option<&str>, site: &str) -> Result<(), Refusal> {
+        pol.check(&Seen {
+            host: Some(b"127.0.0.1:8000"),
+            origin: origin.map(str::as_bytes),
+            origins: usize::from(origin.is_some()),
+            fetch_site: Some(site.as_bytes()),
+        })
+    }
+
+    #[test]
+    fn browser_requests_without_origin() {
+        let pol = p(&[], true);
+        // An <img> GET from another site: no Origin, Sec-Fetch-Site says so.
+        assert_eq!(fetch(&pol, None, "cross-site"), Err(Refusal::CrossSite));
+        assert_eq!(fetch(&pol, None, "Same-Site"), Err(Refusal::CrossSite));
+        assert_eq!(fetch(&pol, None, "same-origin"), Ok(()));
+        assert_eq!(fetch(&pol, None, "none"), Ok(()));
+        // A cross-site request with an allowed Origin is fine.
+        assert_eq!(
+            fetch(&pol, Some("http://localhost:3000"), "cross-site"),
+            Ok(())
+        );
+        assert_eq!(
+            fetch(&pol, Some("http://evil.example"), "cross-site"),
+            Err(Refusal::Origin)
+        );
+        assert_eq!(fetch(&p(&["*"], true), None, "cross-site"), Ok(()));
+        // Two Origin headers.
+        let two = Seen {
+            host: Some(b"127.0.0.1"),
+            origin: Some(b"http://localhost"),
+            origins: 2,
+            fetch_site: None,
+        };
+        assert_eq!(pol.check(&two), Err(Refusal::Origin));
+    }
+
+    #[test]
+    fn default_ports_match_what_browsers_send() {
+        let pol = p(&["http://app.example:80", "https://ui.example:443"], true);
+        assert_eq!(
+            check(&pol, Some("127.0.0.1"), Some("http://app.example")),
+            Ok(())
+        );
+        assert_eq!(
+            check(&pol, Some("127.0.0.1"), Some("https://ui.example")),
+            Ok(())
+        );
+        assert_eq!(
+            check(&pol, Some("127.0.0.1"), Some("http://app.example:80")),
+            Ok(())
+        );
+        assert_eq!(
+            check(&pol, Some("127.0.0.1"), Some("https://app.example")),
+            Err(Refusal::Origin)
+        );
     }
 
     #[test]

@@ -635,10 +635,7 @@ impl Worker {
         self.metrics.workers[self.id].requests.fetch_add(1, Relaxed);
         // DNS-rebinding protection comes first: a refused request neither
         // starts a child nor closes a rollout.
-        if let Err(why) = self
-            .origin
-            .check(head.header("host"), head.header("origin"))
-        {
+        if let Err(why) = self.origin.check(&head.origin_headers()) {
             tracing::debug!(worker = self.id, "refused a request: {why}");
             self.metrics.workers[self.id].refused.fetch_add(1, Relaxed);
             self.clients[r.0].keep_alive = false;

@@ -4,9 +4,9 @@
 //! re-emitted by us).
 
 use super::{
-    connection_tokens, content_length, find_header, is_hop_by_hop, list_elements, map_httparse,
-    own_headers, persistent, push_framing, push_header, query, start_line, transfer_coding,
-    BodyKind, HttpError, Parsed, TransferCoding, MAX_HEAD, MAX_HEADERS,
+    connection_tokens, content_length, is_hop_by_hop, list_elements, map_httparse, own_headers,
+    persistent, push_framing, push_header, query, start_line, transfer_coding, BodyKind, HttpError,
+    Parsed, TransferCoding, MAX_HEAD, MAX_HEADERS,
 };
 
 /// A parsed request head.
@@ -133,9 +133,25 @@ impl RequestHead {
     }
 
     /// First header called `name` (case-insensitive).
-    #[allow(dead_code, reason = "codec API; the Origin check will use it")]
+    #[cfg(test)]
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        find_header(&self.headers, name)
+        super::find_header(&self.headers, name)
+    }
+
+    /// The headers the DNS-rebinding check looks at, in one pass.
+    pub fn origin_headers(&self) -> crate::origin::Seen<'_> {
+        let mut seen = crate::origin::Seen::default();
+        for (name, value) in &self.headers {
+            if name.eq_ignore_ascii_case("host") {
+                seen.host.get_or_insert(value);
+            } else if name.eq_ignore_ascii_case("origin") {
+                seen.origins += 1;
+                seen.origin.get_or_insert(value);
+            } else if name.eq_ignore_ascii_case("sec-fetch-site") {
+                seen.fetch_site.get_or_insert(value);
+            }
+        }
+        seen
     }
 
     pub fn is_head(&self) -> bool {

@@ -64,6 +64,38 @@ def test_foreign_origin_or_host_refused_before_a_child_starts(ringmux_factory):
     rm.stop()
 
 
+def test_cross_site_browser_requests_without_origin_refused(ringmux_factory):
+    """A page's <img src="http://127.0.0.1:PORT/...?vf_state_secret=K"> carries
+    no Origin, but browsers mark it Sec-Fetch-Site: cross-site: it must neither
+    start a child nor close a rollout."""
+    rm = ringmux_factory(cmd=RAW_CMD)
+    host = f"127.0.0.1:{rm.port}"
+    pid = rm.info("victim")["pid"]
+    for site in ("cross-site", "same-site"):
+        r = raw(rm, "/info", "new-key", {"Host": host, "Sec-Fetch-Site": site})
+        assert r.status_code == 403, r.text
+        r = raw(rm, "/vf/close", "victim", {"Host": host, "Sec-Fetch-Site": site})
+        assert r.status_code == 403, r.text
+    assert not os.path.exists(rm.child_dir("new-key"))
+    assert rm.info("victim")["pid"] == pid
+    # Same-origin or user-typed navigations, and cross-site with an allowed Origin, pass.
+    for headers in (
+        {"Sec-Fetch-Site": "same-origin"},
+        {"Sec-Fetch-Site": "none"},
+        {"Sec-Fetch-Site": "cross-site", "Origin": "http://localhost:3000"},
+    ):
+        r = raw(rm, "/info", "victim", {"Host": host, **headers})
+        assert r.status_code == 200, (headers, r.text)
+    # Two Origin headers: refused whatever they say.
+    with httpx.Client(timeout=10) as c:
+        req = c.build_request(
+            "GET", rm.path_url("/info", "victim"),
+            headers=[("Host", host), ("Origin", "http://localhost"), ("Origin", "http://localhost")],
+        )
+        assert c.send(req).status_code == 403
+    rm.stop()
+
+
 def test_allow_origin_flag(ringmux_factory):
     rm = ringmux_factory(
         cmd=RAW_CMD,
