@@ -1265,7 +1265,8 @@ fn run() -> Result<(), String> {
         })
         .max(a.secs);
     let scheduled = plan.count_below(plan.end_ns) - plan.first_window_i;
-    let pct = |q: f64| (c.completed > 0).then(|| us(hist.value_at_quantile(q)));
+    // Histogram buckets round up; never report a percentile above the exact max.
+    let pct = |q: f64| (c.completed > 0).then(|| us(hist.value_at_quantile(q).min(c.lat_max_ns)));
     let out = serde_json::json!({
         "sent": c.sent,
         "completed": c.completed,
