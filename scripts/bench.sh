@@ -2,8 +2,8 @@
 # The benchmark harness: builds what it needs, installs the peers, runs
 # benches/harness.py and leaves JSON, a markdown table and SVG plots in
 # benches/results/.
-#   scripts/bench.sh            full run (~15 min on 2 cores)
-#   scripts/bench.sh --quick    fewer runs, shorter windows (< 3 min)
+#   scripts/bench.sh            full run (~10 min on 2 cores)
+#   scripts/bench.sh --quick    one run per column, shorter windows (~2.5 min)
 #   scripts/bench.sh --parts 2  only part 2 (1: cleanup stall, 2: request path, 3: scale)
 # Everything talks to 127.0.0.1 only. Needs root (or sudo) once, to install nginx.
 set -euo pipefail
