@@ -2,7 +2,8 @@
 //! on its own thread that answers `GET /metrics` with the Prometheus text of
 //! [`Metrics`]. It is kept off the proxy listener so no path of the rollouts'
 //! address space is taken, and off the data plane so a scrape never costs a
-//! worker anything but relaxed atomic loads.
+//! worker anything but relaxed atomic loads. The proxy listener's Origin /
+//! Host rules apply here too (403), so a web page cannot read it.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use crate::http::{parse_request, simple_response, Parsed};
 use crate::metrics::Metrics;
+use crate::origin::OriginPolicy;
 
 /// Binds the admin listener.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -18,11 +20,11 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves scrapes forever (one connection at a time; scrapes are rare).
-pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+pub fn serve(listener: TcpListener, metrics: Arc<Metrics>, policy: OriginPolicy) {
     for conn in listener.incoming() {
         match conn {
             Ok(stream) => {
-                if let Err(e) = answer(stream, &metrics) {
+                if let Err(e) = answer(stream, &metrics, &policy) {
                     tracing::debug!(error = %e, "admin request failed");
                 }
             }
@@ -34,7 +36,7 @@ pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     }
 }
 
-fn answer(mut s: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+fn answer(mut s: TcpStream, metrics: &Metrics, policy: &OriginPolicy) -> std::io::Result<()> {
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.set_write_timeout(Some(Duration::from_secs(2)))?;
     let mut buf = Vec::with_capacity(1024);
@@ -58,6 +60,10 @@ fn answer(mut s: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
             }
         }
     };
+    if let Err(why) = policy.check(&head.origin_headers()) {
+        let body = format!("ringmux: forbidden: {why}\n");
+        return s.write_all(&simple_response(403, &body, &[], true));
+    }
     let resp = match (head.method.as_str(), head.path()) {
         ("GET", "/metrics") => {
             let body = metrics.render();

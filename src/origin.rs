@@ -107,6 +107,14 @@ impl OriginPolicy {
         })
     }
 
+    /// The same rules for another listener (`loopback`: check Host).
+    pub fn for_listener(&self, loopback: bool) -> OriginPolicy {
+        OriginPolicy {
+            check_host: loopback,
+            ..self.clone()
+        }
+    }
+
     /// The verdict for one request's headers.
     pub fn check(&self, seen: &Seen<'_>) -> Result<(), Refusal> {
         if seen.origins > 1 {

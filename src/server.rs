@@ -205,9 +205,14 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         Some(l) => {
             let a = l.local_addr().ok();
             let m = Arc::clone(&metrics);
+            // The same DNS-rebinding rules: a page must not read pids and key
+            // hashes off a loopback admin listener either.
+            let policy = cfg
+                .origin
+                .for_listener(a.is_some_and(|a| a.ip().is_loopback()));
             std::thread::Builder::new()
                 .name("ringmux-admin".into())
-                .spawn(move || admin::serve(l, m))
+                .spawn(move || admin::serve(l, m, policy))
                 .map_err(setup("admin thread"))?;
             a
         }

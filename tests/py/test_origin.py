@@ -39,6 +39,9 @@ def test_foreign_origin_or_host_refused_before_a_child_starts(ringmux_factory):
     assert children_of(rm.pid) == []
     assert not os.path.exists(rm.child_dir("k1"))
     metrics = httpx.get(rm.metrics_url, timeout=10).text
+    # The admin listener follows the same rules.
+    assert httpx.get(rm.metrics_url, headers={"Host": "evil.example.com"}, timeout=10).status_code == 403
+    assert httpx.get(rm.metrics_url, headers={"Origin": EVIL}, timeout=10).status_code == 403
     refused = sum(
         float(line.rsplit(" ", 1)[1])
         for line in metrics.splitlines()
