@@ -141,6 +141,11 @@ impl RequestHead {
     /// The headers the DNS-rebinding check looks at, in one pass.
     pub fn origin_headers(&self) -> crate::origin::Seen<'_> {
         let mut seen = crate::origin::Seen::default();
+        // An absolute-form target's authority takes precedence over Host
+        // (RFC 9112, 3.2.2): check the name the request really addresses.
+        if let Some((authority, _)) = split_absolute(&self.target) {
+            seen.host = Some(authority.as_bytes());
+        }
         for (name, value) in &self.headers {
             if name.eq_ignore_ascii_case("host") {
                 seen.host.get_or_insert(value);
@@ -210,17 +215,25 @@ impl RequestHead {
 
 /// For an absolute-form target, the part after `scheme://authority`.
 fn strip_scheme_authority(target: &str) -> &str {
+    match split_absolute(target) {
+        Some((_, rest)) => rest,
+        None => target,
+    }
+}
+
+/// `(authority, rest)` of an absolute-form target (`http://host:port/path`).
+fn split_absolute(target: &str) -> Option<(&str, &str)> {
     let b = target.as_bytes();
     let after_scheme = if b.len() >= 7 && b[..7].eq_ignore_ascii_case(b"http://") {
         7
     } else if b.len() >= 8 && b[..8].eq_ignore_ascii_case(b"https://") {
         8
     } else {
-        return target;
+        return None;
     };
     let rest = &target[after_scheme..];
     let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    &rest[auth_end..]
+    Some((&rest[..auth_end], &rest[auth_end..]))
 }
 
 #[cfg(test)]

@@ -35,6 +35,14 @@ def test_foreign_origin_or_host_refused_before_a_child_starts(ringmux_factory):
     assert r.status_code == 403
     r = raw(rm, "/info", "k1", {"Host": port_host, "Origin": "null"})
     assert r.status_code == 403
+    # An absolute-form target names the host the request is really for.
+    import socket
+
+    with socket.create_connection(("127.0.0.1", rm.port), timeout=10) as sock:
+        sock.sendall(
+            f"GET http://evil.example.com/info?vf_state_secret=k1 HTTP/1.1\r\nHost: {port_host}\r\n\r\n".encode()
+        )
+        assert sock.recv(4096).startswith(b"HTTP/1.1 403")
     # Nothing was started for the refused requests.
     assert children_of(rm.pid) == []
     assert not os.path.exists(rm.child_dir("k1"))
@@ -47,7 +55,7 @@ def test_foreign_origin_or_host_refused_before_a_child_starts(ringmux_factory):
         for line in metrics.splitlines()
         if line.startswith("ringmux_refused_requests_total")
     )
-    assert refused == 4
+    assert refused == 5
 
     # Allowed: no Origin (SDK clients), loopback origins, loopback host names.
     for headers in (
