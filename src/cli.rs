@@ -113,10 +113,12 @@ pub struct ServeArgs {
 
     /// An `Origin` browsers may send (repeatable), e.g.
     /// `--allow-origin http://localhost:3000`; `*` allows any. Without it only
-    /// loopback origins are allowed. A request with another Origin, or (when
-    /// listening on a loopback address) with a Host that is neither a loopback
-    /// name nor an allowed origin's host, gets 403 before it reaches a child:
-    /// DNS-rebinding protection. Clients that send no Origin (SDKs) pass.
+    /// loopback origins are allowed. DNS-rebinding protection, checked before a
+    /// request reaches a child: 403 for another Origin, for a browser's
+    /// cross-site request (`Sec-Fetch-Site`) without an allowed Origin, and,
+    /// when listening on a loopback address, for a Host that is neither a
+    /// loopback name nor an allowed origin's host. Clients that send none of
+    /// these headers (SDKs, curl) pass. The admin listener follows the same rules.
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     pub allow_origins: Vec<String>,
 
