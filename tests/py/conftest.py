@@ -172,6 +172,28 @@ def procs_with_cwd_under(path: str) -> list[int]:
     return out
 
 
+def kill_with_children(proc, refresh_children, seen: dict) -> None:
+    """SIGKILL `proc` (after one last look at its children through
+    `refresh_children()`) and every child in `seen` (pid -> starttime) that is
+    still the same process."""
+    if proc is not None and proc.poll() is None:
+        try:
+            refresh_children()
+        except Exception:
+            pass
+        proc.kill()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+    for pid, st in list(seen.items()):
+        if pid_alive(pid, st):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def wait_until(pred, timeout: float, interval: float = 0.02, what: str = "condition"):
     """Poll pred() until true; bounded in time and in count."""
     deadline = time.monotonic() + timeout
@@ -316,22 +338,7 @@ class Ringmux:
 
     def kill(self):
         """Finalizer: make sure ringmux and every child we saw are gone."""
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                self.child_pids()
-            except Exception:
-                pass
-            self.proc.kill()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-        for pid, st in list(self._seen_children.items()):
-            if pid_alive(pid, st):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        kill_with_children(self.proc, self.child_pids, self._seen_children)
         if getattr(self, "_stderr", None):
             self._stderr.close()
             self._stderr = None

@@ -34,6 +34,7 @@ from conftest import (
     children_of,
     count_files,
     key_hash_dir,
+    kill_with_children,
     pid_alive,
     proc_stat,
     procs_with_cwd_under,
@@ -292,22 +293,7 @@ class Pyorig:
             raise AssertionError(f"pyorig did not exit within {within} s of SIGTERM") from None
 
     def kill(self):
-        if self.proc.poll() is None:
-            try:
-                self.children()
-            except Exception:
-                pass
-            self.proc.kill()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-        for pid, st in self.seen.items():
-            if pid_alive(pid, st):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        kill_with_children(self.proc, self.children, self.seen)
         if self._stderr:
             self._stderr.close()
             self._stderr = None
