@@ -333,15 +333,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_PUT(self):
         path, _, _ = self._route()
-        body = self._read_body()
-        if path == "/state":
-            with STATE_LOCK:
-                STATE["value"] = body
-            self._send(200, b"ok")
-        elif path == "/echo":
-            self._json({"len": len(body), "sha256": hashlib.sha256(body).hexdigest()})
-        else:
-            self._send(404, b"not found")
+        self.do_PUT_like(path)
 
     def do_POST(self):
         path, _, qs = self._route()
@@ -370,7 +362,7 @@ class Handler(BaseHTTPRequestHandler):
             self.do_PUT_like(path)
 
     def do_PUT_like(self, path):
-        # POST /state and POST /echo behave like PUT
+        # PUT, and POST /state and POST /echo: store the body / echo its digest
         body = self._read_body()
         if path == "/state":
             with STATE_LOCK:
