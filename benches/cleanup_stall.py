@@ -42,6 +42,7 @@ import uuid
 
 from harness import make_tree  # same directory: the benchmark harness
 from harness import ringmux_metrics as metrics
+from harness import worker_lag
 
 
 def call(conn, key, name, args):
@@ -56,10 +57,6 @@ def call(conn, key, name, args):
     if r.status != 200:
         sys.exit(f"unexpected {r.status}: {data[:200]!r}")
     return data
-
-
-def worker_lag(m):
-    return max(v for k, v in m.items() if k.startswith("ringmux_worker_loop_lag_recent_max_seconds"))
 
 
 def probe_window(probe, port, key, rate, window, side_path=None, side_at_ms=0):

@@ -310,11 +310,16 @@ def ringmux_metrics(admin):
     return out
 
 
+def worker_lag(m):
+    """The largest data-plane event-loop gap since the previous scrape, from
+    parsed ringmux metrics."""
+    return max(v for k, v in m.items() if k.startswith("ringmux_worker_loop_lag_recent_max_seconds"))
+
+
 def loop_gap_s(proc):
     """The proxy's largest event-loop gap since the last call (resets it)."""
     if proc.admin:
-        m = ringmux_metrics(proc.admin)
-        return max(v for k, v in m.items() if k.startswith("ringmux_worker_loop_lag_recent_max_seconds"))
+        return worker_lag(ringmux_metrics(proc.admin))
     with urllib.request.urlopen(f"http://127.0.0.1:{proc.port}/_pyorig/metrics", timeout=30) as r:
         return json.loads(r.read())["loop_gap_max_s"]
 

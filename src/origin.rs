@@ -166,12 +166,11 @@ impl OriginPolicy {
         let Some(name) = host_name(host.trim()) else {
             return false;
         };
-        let name = name.to_ascii_lowercase();
-        is_loopback_name(&name)
+        is_loopback_name(name)
             || self
                 .allowed
                 .iter()
-                .any(|a| origin_host(a).is_some_and(|h| h == name))
+                .any(|a| origin_host(a).is_some_and(|h| h.eq_ignore_ascii_case(name)))
     }
 }
 
@@ -227,10 +226,13 @@ fn is_port(p: &str) -> bool {
     !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// Case-insensitive, without allocating (it runs on every request).
 fn is_loopback_name(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    name == "localhost"
-        || name.ends_with(".localhost")
+    const SUFFIX: &str = ".localhost";
+    name.eq_ignore_ascii_case("localhost")
+        || (name.len() > SUFFIX.len()
+            && name.is_char_boundary(name.len() - SUFFIX.len())
+            && name[name.len() - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX))
         || name == "[::1]"
         || name
             .parse::<std::net::Ipv4Addr>()

@@ -172,6 +172,15 @@ def procs_with_cwd_under(path: str) -> list[int]:
     return out
 
 
+def read_spawn_log(path) -> list[int]:
+    """The pids raw_child.py's `--spawn-log PATH` recorded, one per start."""
+    try:
+        with open(path) as f:
+            return [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
 def kill_with_children(proc, refresh_children, seen: dict) -> None:
     """SIGKILL `proc` (after one last look at its children through
     `refresh_children()`) and every child in `seen` (pid -> starttime) that is

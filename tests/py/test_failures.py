@@ -8,15 +8,9 @@ import uuid
 
 import pytest
 
-from conftest import RAW_CMD, pid_alive, raw_http, status_of, wait_until
+from conftest import RAW_CMD, pid_alive, raw_http, read_spawn_log, status_of, wait_until
 
 
-def _spawns(path):
-    try:
-        with open(path) as f:
-            return [int(x) for x in f.read().split()]
-    except FileNotFoundError:
-        return []
 
 
 def test_child_that_exits_at_once_gives_502_and_respawns(ringmux_factory, tmp_path):
@@ -31,10 +25,10 @@ def test_child_that_exits_at_once_gives_502_and_respawns(ringmux_factory, tmp_pa
         assert dt < 5.0, f"502 took {dt:.2f} s"
         assert len(r.content) < 1024
         assert r.headers.get("content-type", "").startswith("text/plain")
-        assert len(_spawns(log)) == attempt
+        assert len(read_spawn_log(log)) == attempt
     # the dead children are reaped
     wait_until(lambda: rm.zombies() == [] and rm.child_pids() == [], 3.0, what="dead children reaped")
-    assert all(not pid_alive(p) for p in _spawns(log))
+    assert all(not pid_alive(p) for p in read_spawn_log(log))
     assert rm.alive()
 
 
@@ -49,7 +43,7 @@ def test_child_never_ready_gives_504_and_is_reaped(ringmux_factory, tmp_path):
     dt = time.monotonic() - t0
     assert r.status_code == 504, (r.status_code, r.text)
     assert 0.8 <= dt < 5.0, f"504 after {dt:.2f} s with --ready-timeout 1s"
-    pids = _spawns(log)
+    pids = read_spawn_log(log)
     assert len(pids) == 1
     wait_until(lambda: not pid_alive(pids[0]), 3.0, what="never-ready child to be killed")
     wait_until(lambda: rm.zombies() == [] and rm.child_pids() == [], 3.0, what="never-ready child reaped")
@@ -83,7 +77,7 @@ def test_concurrent_waiters_on_never_ready_child_all_get_504(ringmux_factory, tm
     for t in threads:
         t.join(15)
     assert codes == [504] * 4
-    assert len(_spawns(log)) == 1
+    assert len(read_spawn_log(log)) == 1
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from conftest import (
     proc_stat,
     proc_threads,
     procs_with_cwd_under,
+    read_spawn_log,
     thread_nice,
     wait_until,
 )
@@ -38,12 +39,6 @@ def _mkfiles(rm, key, n, dirs):
     assert r.status_code == 200 and r.json()["made"] == n, (r.status_code, r.text[:200])
 
 
-def _spawns(path):
-    try:
-        with open(path) as f:
-            return [int(x) for x in f.read().split()]
-    except FileNotFoundError:
-        return []
 
 
 def _failed_dirs(base):
@@ -191,7 +186,7 @@ def test_ready_timeout_kills_reaps_and_removes_dir(ringmux_factory, tmp_path):
     for t in ts:
         t.join(15)
     assert codes == [504, 504, 504], codes
-    pids = _spawns(log)
+    pids = read_spawn_log(log)
     assert len(pids) == 1, pids
     wait_until(lambda: proc_stat(pids[0]) is None, 5.0, what="never-ready child reaped")
     wait_until(lambda: not os.path.exists(rm.child_dir(key)), 5.0, what="never-ready child's dir removed")
