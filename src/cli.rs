@@ -39,8 +39,21 @@ pub enum Command {
 pub struct DemoChildArgs {
     /// Bind and serve this address instead of the inherited fd 3. With port 0,
     /// the chosen address is printed as `demo-child: listening on http://ADDR`.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", conflicts_with = "fork_server")]
     pub listen: Option<SocketAddr>,
+    /// Run as a fork server (the child of `serve --demo --fork`): build the
+    /// warm state once, then fork a child per spawn request on the channel.
+    #[arg(long)]
+    pub fork_server: bool,
+    /// With --fork-server: MiB of memory to allocate and touch as warm state
+    /// (stands in for a tool server's expensive import-time setup).
+    #[arg(
+        long,
+        default_value_t = 0,
+        value_name = "MIB",
+        requires = "fork_server"
+    )]
+    pub warm_mib: usize,
 }
 
 /// Flags of `ringmux serve`.
@@ -126,9 +139,31 @@ pub struct ServeArgs {
     #[arg(long, conflicts_with = "command")]
     pub demo: bool,
 
+    /// Fork mode: start COMMAND once as a warm fork server ("zygote") and
+    /// fork a copy-on-write child of it per rollout key instead of exec'ing
+    /// COMMAND per key. The fork server gets a private channel on fd 3
+    /// (RINGMUX_FORK_SERVER_FD=3) and speaks the protocol in the README
+    /// ("Fork mode"); `python -m ringmux_fork my_tools:app` does that for any
+    /// ASGI app (pip install ./python), `--demo --fork` for the demo.
+    #[arg(long)]
+    pub fork: bool,
+
+    /// Fork mode: how long the fork server may take to build its warm state
+    /// and report ready. Past it, it is killed and restarted with backoff;
+    /// meanwhile new rollouts get 503.
+    #[arg(long, default_value = "120s", value_parser = parse_duration, value_name = "DURATION")]
+    pub fork_server_timeout: Duration,
+
+    /// Fork mode: how long the fork server may take to answer one spawn
+    /// request. Past it, the waiters get 504 and the fork server, deemed
+    /// wedged, is killed and restarted.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub fork_timeout: Duration,
+
     /// The child command, after `--`. It is started once per rollout key with
     /// its listening socket on fd 3 (LISTEN_FDS=1), e.g.
-    /// `-- uvicorn --fd 3 my_tools:app`.
+    /// `-- uvicorn --fd 3 my_tools:app`; with --fork it is started once, as
+    /// the fork server, e.g. `--fork -- python -m ringmux_fork my_tools:app`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
 }

@@ -37,6 +37,8 @@ pub struct Config {
     pub max_children: usize,
     /// The child.
     pub child: ChildCommand,
+    /// Fork mode: the command is a fork server (start and answer timeouts).
+    pub fork: Option<(Duration, Duration)>,
     /// Metrics listener.
     pub admin: Option<SocketAddr>,
     /// Keep failed children's directories.
@@ -119,6 +121,9 @@ impl Config {
             ready_timeout: args.ready_timeout,
             max_children: args.max_children,
             child,
+            fork: args
+                .fork
+                .then_some((args.fork_server_timeout, args.fork_timeout)),
             admin: args.admin,
             keep_failed_dirs: args.keep_failed_dirs,
             cleanup_workers: args.cleanup_workers,

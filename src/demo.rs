@@ -810,7 +810,7 @@ fn tool_definitions() -> Value {
         },
         {
             "name": "whoami",
-            "description": "Return this server process's pid and working directory as JSON.",
+            "description": "Return this server process's pid, parent pid and working directory as JSON (forked children: also the fork server's pid and the query their per-rollout setup got).",
             "inputSchema": {"type": "object", "properties": {}}
         },
         {
@@ -927,6 +927,12 @@ fn int_arg(
     Ok(value)
 }
 
+/// Sets the scratch slot before serving (the fork server's warm state, which
+/// every forked child starts from).
+pub fn seed_scratch(value: String) {
+    *scratch() = value;
+}
+
 fn scratch() -> std::sync::MutexGuard<'static, String> {
     SCRATCH
         .lock()
@@ -945,7 +951,15 @@ fn tool_scratch_read() -> ToolOutput {
 
 fn tool_whoami() -> Result<ToolOutput, String> {
     let cwd = std::env::current_dir().map_err(|e| format!("cannot read working directory: {e}"))?;
-    let info = json!({"pid": std::process::id(), "cwd": cwd.to_string_lossy()});
+    let mut info = json!({
+        "pid": std::process::id(),
+        "ppid": std::os::unix::process::parent_id(),
+        "cwd": cwd.to_string_lossy(),
+    });
+    if let (Some(r), Some(obj)) = (crate::zygote::demo::rollout(), info.as_object_mut()) {
+        obj.insert("fork_server_pid".into(), json!(r.fork_server_pid));
+        obj.insert("setup_query".into(), json!(r.setup_query));
+    }
     Ok(ToolOutput {
         text: info.to_string(),
         structured: Some(info),

@@ -31,6 +31,17 @@ pub enum ProxyError {
     /// Child side: it did not answer within the ready timeout.
     #[error("child did not become ready in time")]
     ReadyTimeout,
+    /// Fork-server side: it is starting, restarting or stopped, so no child
+    /// can be forked now (503 with `Retry-After`).
+    #[error("fork server unavailable: {0}")]
+    ForkServerUnavailable(&'static str),
+    /// Fork-server side: it refused the spawn, died during it, or answered
+    /// outside the protocol.
+    #[error("fork server could not start the child: {0}")]
+    ForkFailed(String),
+    /// Fork-server side: it did not answer in time.
+    #[error("fork server did not answer in time")]
+    ForkServerTimeout,
     /// ringmux side: `--max-children` reached.
     #[error("at capacity")]
     AtCapacity,
@@ -48,9 +59,12 @@ impl ProxyError {
             ProxyError::ChildUnreachable
             | ProxyError::ChildClosed
             | ProxyError::BadResponse(_)
-            | ProxyError::SpawnFailed(_) => 502,
-            ProxyError::ReadyTimeout => 504,
-            ProxyError::AtCapacity | ProxyError::ShuttingDown => 503,
+            | ProxyError::SpawnFailed(_)
+            | ProxyError::ForkFailed(_) => 502,
+            ProxyError::ReadyTimeout | ProxyError::ForkServerTimeout => 504,
+            ProxyError::AtCapacity
+            | ProxyError::ShuttingDown
+            | ProxyError::ForkServerUnavailable(_) => 503,
         }
     }
 
@@ -59,7 +73,7 @@ impl ProxyError {
     pub fn response(&self, close: bool) -> Vec<u8> {
         let body = format!("ringmux: {self}\n");
         let status = self.status();
-        if matches!(self, ProxyError::AtCapacity | ProxyError::ShuttingDown) {
+        if self.status() == 503 {
             simple_response(status, &body, &[("retry-after", "1")], close)
         } else {
             simple_response(status, &body, &[], close)
@@ -76,6 +90,12 @@ mod tests {
         assert_eq!(ProxyError::ChildUnreachable.status(), 502);
         assert_eq!(ProxyError::ReadyTimeout.status(), 504);
         assert_eq!(ProxyError::AtCapacity.status(), 503);
+        assert_eq!(ProxyError::ForkFailed("x".into()).status(), 502);
+        assert_eq!(ProxyError::ForkServerTimeout.status(), 504);
+        let r = String::from_utf8(ProxyError::ForkServerUnavailable("restarting").response(false))
+            .expect("utf8");
+        assert!(r.starts_with("HTTP/1.1 503"));
+        assert!(r.to_ascii_lowercase().contains("retry-after: 1"));
         let r = String::from_utf8(ProxyError::AtCapacity.response(false)).expect("utf8");
         assert!(r.starts_with("HTTP/1.1 503"));
         assert!(r.to_ascii_lowercase().contains("retry-after: 1"));

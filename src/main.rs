@@ -18,6 +18,7 @@ mod msg;
 mod origin;
 mod route;
 mod server;
+mod zygote;
 
 use std::process::ExitCode;
 
@@ -28,6 +29,13 @@ use cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::DemoChild(args) if args.fork_server => match zygote::demo::run(args.warm_mib) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ringmux demo-child --fork-server: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::DemoChild(args) => {
             let listener = match args.listen {
                 None => child::sys::inherited_listener(),

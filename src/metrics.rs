@@ -24,6 +24,8 @@ pub enum ExitCause {
     ReadyTimeout,
     /// Killed by ringmux's shutdown.
     Shutdown,
+    /// A forked child whose per-rollout setup hook failed.
+    SetupFailed,
 }
 
 impl ExitCause {
@@ -33,14 +35,16 @@ impl ExitCause {
             ExitCause::Crashed => "crashed",
             ExitCause::ReadyTimeout => "ready_timeout",
             ExitCause::Shutdown => "shutdown",
+            ExitCause::SetupFailed => "setup_failed",
         }
     }
 
-    const ALL: [ExitCause; 4] = [
+    const ALL: [ExitCause; 5] = [
         ExitCause::Closed,
         ExitCause::Crashed,
         ExitCause::ReadyTimeout,
         ExitCause::Shutdown,
+        ExitCause::SetupFailed,
     ];
 }
 
@@ -82,7 +86,7 @@ pub struct Metrics {
     pub spawn_failures: AtomicU64,
     /// Live children.
     pub live_children: AtomicU64,
-    exits: [AtomicU64; 4],
+    exits: [AtomicU64; 5],
     /// Directory cleanups running.
     pub cleanups_in_flight: AtomicU64,
     /// Cleanups that ended with errors (something was left behind).
@@ -99,6 +103,14 @@ pub struct Metrics {
     pub control_lag_max_us: AtomicU64,
     /// Directories of dead instances removed at start-up.
     pub stale_instances_removed: AtomicU64,
+    /// Fork-server (zygote) processes started.
+    pub fork_server_starts: AtomicU64,
+    /// Fork-server processes that ended (crashed, wedged, killed).
+    pub fork_server_exits: AtomicU64,
+    /// 1 while the fork server is ready to fork.
+    pub fork_server_ready: AtomicU64,
+    /// Processes reparented to ringmux that it killed and reaped.
+    pub orphans_reaped: AtomicU64,
 }
 
 impl Metrics {
@@ -120,6 +132,10 @@ impl Metrics {
             at_capacity: AtomicU64::new(0),
             control_lag_max_us: AtomicU64::new(0),
             stale_instances_removed: AtomicU64::new(0),
+            fork_server_starts: AtomicU64::new(0),
+            fork_server_exits: AtomicU64::new(0),
+            fork_server_ready: AtomicU64::new(0),
+            orphans_reaped: AtomicU64::new(0),
         }
     }
 
@@ -176,6 +192,29 @@ impl Metrics {
             "ringmux_stale_instances_removed_total",
             "Directories of dead ringmux instances removed.",
             self.stale_instances_removed.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "ringmux_fork_server_starts_total",
+            "Fork-server (zygote) processes started (--fork).",
+            self.fork_server_starts.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "ringmux_fork_server_exits_total",
+            "Fork-server processes that ended: crashed, wedged or stopped.",
+            self.fork_server_exits.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "ringmux_orphans_reaped_total",
+            "Untracked child processes of ringmux killed and reaped.",
+            self.orphans_reaped.load(Relaxed),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP ringmux_fork_server_ready 1 while the fork server can fork.\n# TYPE ringmux_fork_server_ready gauge\nringmux_fork_server_ready {}",
+            self.fork_server_ready.load(Relaxed)
         );
         let _ = writeln!(
             o,

@@ -22,6 +22,9 @@ pub enum ToControl {
         key: RouteKey,
         /// Who asks (index of the worker's mailbox).
         worker: usize,
+        /// The asking request's query string (a forked child's per-rollout
+        /// setup gets the first one; it holds the key, so it is never logged).
+        query: String,
     },
     /// Close `key`'s child; answer `Closed { token }` to `worker` when its
     /// directory is gone.

@@ -18,7 +18,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::admin;
 use crate::child::{ExecSpawner, Spawner};
 use crate::config::{ChildCommand, Config};
-use crate::control::{Control, ControlConfig};
+use crate::control::{Control, ControlConfig, ForkServerConfig, Maker};
 use crate::dataplane::{Worker, WorkerSetup};
 use crate::metrics::Metrics;
 use crate::msg::{mailbox, ToControl, ToWorker};
@@ -81,15 +81,24 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         .local_addr()
         .map_err(setup("reading the listen address"))?;
 
-    let spawner: Box<dyn Spawner> = match &cfg.child {
-        ChildCommand::Exec(argv) => Box::new(ExecSpawner::new(argv.clone())),
+    let argv = match &cfg.child {
+        ChildCommand::Exec(argv) => argv.clone(),
         ChildCommand::Demo => {
             let exe = std::env::current_exe().map_err(setup("locating the ringmux binary"))?;
-            Box::new(ExecSpawner::new(vec![
-                exe.into_os_string(),
-                "demo-child".into(),
-            ]))
+            let mut v = vec![exe.into_os_string(), "demo-child".into()];
+            if cfg.fork.is_some() {
+                v.push("--fork-server".into());
+            }
+            v
         }
+    };
+    let maker = match cfg.fork {
+        None => Maker::Exec(Box::new(ExecSpawner::new(argv)) as Box<dyn Spawner>),
+        Some((start_timeout, answer_timeout)) => Maker::Fork(ForkServerConfig {
+            argv,
+            start_timeout,
+            answer_timeout,
+        }),
     };
 
     let (ctl_tx, ctl_rx) = mailbox::<ToControl>().map_err(setup("control mailbox"))?;
@@ -128,7 +137,7 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
     let control_thread = std::thread::Builder::new()
         .name("ringmux-control".into())
         .spawn(
-            move || match Control::new(ctl_rx, ctl_workers, spawner, ctl_cfg) {
+            move || match Control::new(ctl_rx, ctl_workers, maker, ctl_cfg) {
                 Ok(control) => {
                     let _ = ctl_ready_tx.send(Ok(()));
                     control.run();

@@ -2,16 +2,17 @@
 //! private directory.
 //!
 //! A [`Spawner`] turns (directory, listening socket) into a running process
-//! and its pidfd. [`ExecSpawner`] execs a command per key; a warm fork server
-//! (zygote) can implement the same trait later without touching the control
-//! plane.
+//! and its pidfd at once: [`ExecSpawner`] execs a command per key. The warm
+//! fork server answers later, over its channel, so the control plane drives
+//! it itself (`control::forkserver`); it starts the fork server process with
+//! [`start_process`], the same way exec children start.
 
 pub mod socket;
 pub mod sys;
 
 use std::ffi::OsString;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -68,38 +69,60 @@ impl Spawner for ExecSpawner {
         listener: &TcpListener,
         addr: SocketAddr,
     ) -> Result<Spawned, SpawnError> {
-        let Some((prog, args)) = self.argv.split_first() else {
-            return Err(SpawnError::Exec(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "empty command",
-            )));
-        };
-        let mut cmd = Command::new(prog);
-        cmd.args(args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .env("LISTEN_FDS", "1")
-            .env("RINGMUX_CHILD_ADDR", addr.to_string())
-            .env_remove("LISTEN_PID")
-            .env_remove("LISTEN_FDNAMES")
-            // Its own process group: a terminal's Ctrl-C reaches ringmux, which
-            // then tears children down in order; and the group can be killed whole.
-            .process_group(0);
-        sys::prepare_child(&mut cmd, listener);
-        let mut child = cmd.spawn().map_err(SpawnError::Exec)?;
-        let pid = child.id();
-        let pidfd = match sys::pidfd_open(pid) {
-            Ok(fd) => fd,
-            Err(e) => {
-                // Without a pidfd it cannot be watched: do not leave it running.
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(SpawnError::Pidfd(e));
-            }
-        };
-        // `child` is dropped without waiting: the std handle never reaps, the
-        // control ring does (waitid on the pidfd).
-        drop(child);
-        Ok(Spawned { pid, pidfd })
+        start_process(
+            &self.argv,
+            dir,
+            listener.as_fd(),
+            &[
+                ("LISTEN_FDS", "1".to_string()),
+                ("RINGMUX_CHILD_ADDR", addr.to_string()),
+            ],
+        )
     }
+}
+
+/// Starts `argv` in `dir` with `fd3` as its fd 3 and `env` added: stdin
+/// `/dev/null`, its own process group, every other ringmux fd closed, killed
+/// when ringmux dies; returns its pid and pidfd (it is never waited for here:
+/// the control ring reaps it).
+pub fn start_process(
+    argv: &[OsString],
+    dir: &Path,
+    fd3: BorrowedFd<'_>,
+    env: &[(&str, String)],
+) -> Result<Spawned, SpawnError> {
+    let Some((prog, args)) = argv.split_first() else {
+        return Err(SpawnError::Exec(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "empty command",
+        )));
+    };
+    let mut cmd = Command::new(prog);
+    cmd.args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES")
+        // Its own process group: a terminal's Ctrl-C reaches ringmux, which
+        // then tears children down in order; and the group can be killed whole.
+        .process_group(0);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    sys::prepare_child(&mut cmd, fd3);
+    let mut child = cmd.spawn().map_err(SpawnError::Exec)?;
+    let pid = child.id();
+    let pidfd = match sys::pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            // Without a pidfd it cannot be watched: do not leave it running.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(SpawnError::Pidfd(e));
+        }
+    };
+    // `child` is dropped without waiting: the std handle never reaps, the
+    // control ring does (waitid on the pidfd).
+    drop(child);
+    Ok(Spawned { pid, pidfd })
 }

@@ -68,6 +68,10 @@ pub enum Phase {
         key: RouteKey,
         /// The parsed request.
         head: Box<RequestHead>,
+        /// Children that died before this request reached them (it asks
+        /// for a new one once, then gets 502: a child that dies at start-up
+        /// must not be respawned in a loop).
+        missed: u8,
     },
     /// A close request was passed to the control plane; its body (ignored) is
     /// discarded meanwhile.

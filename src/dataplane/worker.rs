@@ -362,10 +362,17 @@ impl Worker {
         }
         let phase = std::mem::replace(&mut self.clients[r.0].phase, Phase::Head);
         match phase {
-            Phase::Waiting { key, head } if !child.is_alive() => {
-                // Died between the answer and now: ask again.
+            Phase::Waiting { key, head, missed } if !child.is_alive() => {
+                // Died between the answer and now: ask again, once.
                 self.cache.remove(&key);
-                self.wait_for_child(r, key, *head);
+                if missed == 0 {
+                    self.wait_for_child(r, key, *head, 1);
+                } else {
+                    if has_body(&head) {
+                        self.clients[r.0].keep_alive = false;
+                    }
+                    self.respond_error(r, &ProxyError::ChildClosed);
+                }
             }
             Phase::Waiting { head, .. } => {
                 self.start_proxy(r, Arc::clone(child), *head);
@@ -673,11 +680,11 @@ impl Worker {
             }
             self.cache.remove(&key);
         }
-        self.wait_for_child(r, key, head);
+        self.wait_for_child(r, key, head, 0);
     }
 
     /// Parks a request until the control plane answers for `key`.
-    fn wait_for_child(&mut self, r: Ref, key: RouteKey, head: RequestHead) {
+    fn wait_for_child(&mut self, r: Ref, key: RouteKey, head: RequestHead, missed: u8) {
         let cl = &mut self.clients[r.0];
         // Its body (if any) may wait for a slow child start: hold it outside
         // the receive ring.
@@ -687,6 +694,11 @@ impl Worker {
         cl.phase = Phase::Waiting {
             key,
             head: Box::new(head),
+            missed,
+        };
+        let query = match &cl.phase {
+            Phase::Waiting { head, .. } => head.query().unwrap_or("").to_string(),
+            _ => String::new(),
         };
         let list = self.waiting.entry(key).or_default();
         list.push(r);
@@ -696,6 +708,7 @@ impl Worker {
                 .send(ToControl::Acquire {
                     key,
                     worker: self.id,
+                    query,
                 })
                 .is_err()
         {

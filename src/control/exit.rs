@@ -1,0 +1,310 @@
+//! The end of a child: the ready deadline, its exit (seen by WAITID on its
+//! pidfd, which reaps it), a forked child's setup report, the kill, the
+//! optional post-mortem copy of a failed child's directory, and the directory
+//! teardown that ends a key's `Teardown` state.
+
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering::Relaxed;
+
+use ringmux_uring::op::ExitInfo;
+use ringmux_uring::Op;
+
+use crate::metrics::ExitCause;
+use crate::msg::ToWorker;
+use crate::route::{Failure, RouteKey};
+use crate::zygote::{channel, proto::FromChild};
+
+use super::cleanup::Cleanup;
+use super::keys::{KeyState, Live, Waiting};
+use super::{tag, ActiveCleanup, Control, K_IGNORE, K_UNLINK};
+
+/// Kills a child and its process group.
+pub(super) fn kill(live: &mut Live, why: ExitCause) {
+    live.killed = Some(why);
+    live.child.mark_dead();
+    if let Err(e) = rustix::process::pidfd_send_signal(&live.pidfd, rustix::process::Signal::KILL) {
+        // ESRCH: it already exited and was reaped; its pid may belong to
+        // someone else now, so no group kill by number either.
+        if e != rustix::io::Errno::SRCH {
+            tracing::warn!(pid = live.pid, error = %e, "pidfd kill failed");
+        }
+        return;
+    }
+    if let Some(pgid) = rustix::process::Pid::from_raw(live.pid as i32) {
+        // The child leads its own group; grandchildren die with it.
+        let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+    }
+}
+
+/// `text` with every value of `query` longer than 5 bytes replaced, so that
+/// an error a hook or fork server reports never puts a rollout key in the log.
+pub(super) fn redact(text: &str, query: &str) -> String {
+    let mut out = text.to_string();
+    for pair in query.split('&') {
+        let value = pair.split_once('=').map_or(pair, |(_, v)| v);
+        if value.len() > 5 {
+            out = out.replace(value, "<redacted>");
+            let decoded = crate::http::query::decode(value);
+            if decoded.len() > 5 {
+                out = out.replace(decoded.as_ref(), "<redacted>");
+            }
+        }
+    }
+    out
+}
+
+impl Control {
+    pub(super) fn on_ready_deadline(&mut self, child_id: u64) {
+        let Some(key) = self.by_child.get(&child_id).copied() else {
+            return;
+        };
+        if let Some(KeyState::Running { live, .. }) = self.keys.get_mut(&key) {
+            live.ready_timer = None;
+            if live.child.id == child_id && !live.child.is_ready() && live.killed.is_none() {
+                tracing::warn!(key = %key.label(), pid = live.pid,
+                    timeout_ms = self.cfg.ready_timeout.as_millis() as u64,
+                    "child did not become ready in time; killing it");
+                live.child.set_failure(Failure::ReadyTimeout);
+                kill(live, ExitCause::ReadyTimeout);
+            }
+        }
+    }
+
+    /// A forked child's status socket is readable: its per-rollout setup
+    /// finished or failed (or it closed the socket).
+    pub(super) fn on_child_status(&mut self, child_id: u64) {
+        let Some(key) = self.by_child.get(&child_id).copied() else {
+            return;
+        };
+        let Some(KeyState::Running {
+            live, acquirers, ..
+        }) = self.keys.get_mut(&key)
+        else {
+            return;
+        };
+        if live.child.id != child_id {
+            return;
+        }
+        let Some(status) = live.status.take() else {
+            return;
+        };
+        let since = live.child.spawned.elapsed().as_secs_f64() * 1000.0;
+        match channel::recv(status.as_fd()).map(|m| m.map(|m| FromChild::parse(&m.bytes))) {
+            Ok(Some(Ok(FromChild::SetupDone))) => {
+                tracing::debug!(key = %key.label(), pid = live.pid, ms = since, "child setup done");
+            }
+            Ok(Some(Ok(FromChild::SetupFailed { error }))) => {
+                let error = redact(&error, &acquirers.query);
+                tracing::error!(key = %key.label(), pid = live.pid, %error,
+                    "the child's per-rollout setup failed; killing it");
+                live.setup_failed = true;
+                if live.killed.is_none() {
+                    kill(live, ExitCause::SetupFailed);
+                }
+            }
+            Ok(Some(Err(e))) => {
+                tracing::warn!(key = %key.label(), pid = live.pid, error = %e,
+                    "invalid message on a child's status socket");
+            }
+            // It closed the socket without a word (it exited): its exit says why.
+            Ok(None) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // A spurious wake-up: keep listening.
+                if self
+                    .ring
+                    .push(
+                        Op::PollAdd {
+                            fd: std::os::fd::AsRawFd::as_raw_fd(&status),
+                            events: libc::POLLIN as u32,
+                        },
+                        tag(super::K_STATUS, child_id),
+                    )
+                    .is_ok()
+                {
+                    live.status = Some(status);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(key = %key.label(), pid = live.pid, error = %e,
+                    "cannot read a child's status socket");
+            }
+        }
+    }
+
+    pub(super) fn on_exit(&mut self, child_id: u64, exit: Option<ExitInfo>, result: i32) {
+        let Some(key) = self.by_child.remove(&child_id) else {
+            return;
+        };
+        let Some(KeyState::Running {
+            live,
+            closers,
+            acquirers,
+        }) = self.keys.remove(&key)
+        else {
+            return;
+        };
+        self.live = self.live.saturating_sub(1);
+        live.child.mark_dead();
+        self.ports.remove(&live.child.addr.port());
+        if live.killed.is_none() {
+            // It died on its own: take down what it left in its group.
+            if let Some(pgid) = rustix::process::Pid::from_raw(live.pid as i32) {
+                let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+            }
+        }
+        for w in &self.workers {
+            let _ = w.send(ToWorker::Gone {
+                key,
+                child_id: live.child.id,
+            });
+        }
+        if let Some(t) = live.ready_timer {
+            let _ = self.ring.push(Op::Cancel { target: t }, tag(K_IGNORE, 0));
+        }
+        let label = key.label();
+        let how = match exit {
+            Some(e) if e.code == libc::CLD_EXITED => format!("exited with status {}", e.status),
+            Some(e) => format!("killed by signal {}", e.status),
+            None => format!("wait failed (errno {})", -result),
+        };
+        let cause = match live.killed {
+            Some(c) => c,
+            None if live.setup_failed => ExitCause::SetupFailed,
+            None => ExitCause::Crashed,
+        };
+        self.metrics.child_exited(cause);
+        self.metrics.live_children.store(self.live as u64, Relaxed);
+        if matches!(cause, ExitCause::Crashed) {
+            tracing::warn!(key = %label, pid = live.pid, %how, "child died on its own");
+        } else {
+            tracing::info!(key = %label, pid = live.pid, %how, "child stopped");
+        }
+        drop(live.pidfd);
+        if self.cfg.keep_failed_dirs
+            && matches!(
+                cause,
+                ExitCause::Crashed | ExitCause::ReadyTimeout | ExitCause::SetupFailed
+            )
+            && self.keep_for_post_mortem(key, child_id)
+        {
+            self.finish_teardown(key, closers, acquirers);
+            return;
+        }
+        self.start_teardown(key, closers, acquirers);
+    }
+
+    /// `--keep-failed-dirs`: moves a failed child's directory out of the
+    /// instance directory (so the key can start afresh and shutdown does not
+    /// delete it) and logs where it went.
+    fn keep_for_post_mortem(&self, key: RouteKey, child_id: u64) -> bool {
+        let label = key.label();
+        let from = self.cfg.instance_dir.join(&label);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let Some(parent) = self.cfg.instance_dir.parent() else {
+            return false;
+        };
+        let to = parent.join(format!("ringmux-failed-{label}-{stamp}-{child_id}"));
+        match std::fs::rename(&from, &to) {
+            Ok(()) => {
+                tracing::warn!(key = %label, dir = %to.display(),
+                    "kept the failed child's directory for post-mortem (--keep-failed-dirs)");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(key = %label, error = %e,
+                    "could not keep the failed child's directory; removing it");
+                false
+            }
+        }
+    }
+
+    pub(super) fn start_teardown(
+        &mut self,
+        key: RouteKey,
+        closers: Vec<(usize, u64)>,
+        acquirers: Waiting,
+    ) {
+        let label = key.label();
+        match Cleanup::start(self.cfg.instance_fd.as_fd(), &label) {
+            Ok(work) => {
+                self.metrics.cleanups_in_flight.fetch_add(1, Relaxed);
+                self.cleanups.insert(ActiveCleanup {
+                    key: Some(key),
+                    work,
+                    stale: None,
+                });
+                self.keys
+                    .insert(key, KeyState::Teardown { closers, acquirers });
+            }
+            Err(e) => {
+                tracing::error!(key = %label, error = %e, "cannot start directory cleanup");
+                self.finish_teardown(key, closers, acquirers);
+            }
+        }
+    }
+
+    /// Advances every cleanup; returns true if one has work ready that needs
+    /// no completion first.
+    pub(super) fn pump_cleanups(&mut self) -> bool {
+        let mut finished = Vec::new();
+        let mut busy = false;
+        for (idx, a) in self.cleanups.iter_mut() {
+            busy |= a.work.pump(&mut self.ring, tag(K_UNLINK, idx as u64));
+            if a.work.is_done() {
+                finished.push(idx);
+            }
+        }
+        for idx in finished {
+            let a = self.cleanups.remove(idx);
+            let s = a.work.stats;
+            let took = a.work.elapsed();
+            self.metrics.cleanups_in_flight.fetch_sub(1, Relaxed);
+            self.metrics
+                .cleanup_finished(took, s.files + s.dirs, s.errors > 0);
+            let ms = took.as_secs_f64() * 1000.0;
+            if let Some((name, _lock)) = &a.stale {
+                if s.errors == 0 {
+                    self.metrics.stale_instances_removed.fetch_add(1, Relaxed);
+                    tracing::info!(dir = %name, files = s.files, dirs = s.dirs, ms,
+                        "removed the directory of a dead ringmux instance");
+                } else {
+                    tracing::warn!(dir = %name, errors = s.errors,
+                        "could not fully remove a dead instance's directory");
+                }
+            }
+            let Some(key) = a.key else {
+                continue;
+            };
+            let label = key.label();
+            if s.errors > 0 {
+                tracing::warn!(key = %label, files = s.files, dirs = s.dirs, errors = s.errors,
+                    "directory cleanup finished with errors");
+            } else {
+                tracing::info!(key = %label, files = s.files, dirs = s.dirs, ms, "directory removed");
+            }
+            if let Some(KeyState::Teardown {
+                closers, acquirers, ..
+            }) = self.keys.remove(&key)
+            {
+                self.finish_teardown(key, closers, acquirers);
+            }
+        }
+        busy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redacts_query_values_raw_and_decoded() {
+        let q = "vf_state_secret=s3cr3t%2Fkey&vf_state_url=http://x&n=1";
+        let e = redact("bad key s3cr3t/key and s3cr3t%2Fkey; n=1", q);
+        assert!(!e.contains("s3cr3t"), "{e}");
+        assert!(e.contains("n=1"), "short values stay: {e}");
+    }
+}

@@ -1,0 +1,223 @@
+//! Making a child for a key: its private directory and listening socket,
+//! then either an exec (done at once) or a request to the fork server (done
+//! when it answers, see `forkserver`); and, once a process exists, watching
+//! it (WAITID on its pidfd, the ready deadline, a forked child's status
+//! socket) and publishing it to the workers.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use ringmux_uring::Op;
+
+use crate::child::socket::child_listener;
+use crate::error::ProxyError;
+use crate::metrics::ExitCause;
+use crate::msg::ToWorker;
+use crate::route::{ChildInfo, RouteKey};
+
+use super::keys::{KeyState, Live, Waiting};
+use super::{tag, Control, K_READY, K_STATUS, K_WAIT};
+
+impl Control {
+    /// Starts a child for `key` (which must have no state) and answers
+    /// `acquirers` when it exists. A leftover directory (a cleanup that failed
+    /// earlier) is removed first when `may_clean` is set; the spawn then
+    /// follows.
+    pub(super) fn spawn_for(&mut self, key: RouteKey, acquirers: Waiting, may_clean: bool) {
+        let label = key.label();
+        let dir = self.cfg.instance_dir.join(&label);
+        if may_clean && std::fs::symlink_metadata(&dir).is_ok() {
+            tracing::warn!(key = %label, "leftover child directory: removing it before the spawn");
+            self.start_teardown(key, Vec::new(), acquirers);
+            return;
+        }
+        if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            self.spawn_failed(key, acquirers, format!("creating its directory: {e}"));
+            return;
+        }
+        let (listener, addr) = match self.fresh_listener() {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                self.spawn_failed(key, acquirers, format!("child socket: {e}"));
+                return;
+            }
+        };
+        let id = self.next_child_id;
+        self.next_child_id += 1;
+        if self.fork.is_some() {
+            match self.fork_request(key, id, &dir, listener, addr, &acquirers.query) {
+                Ok(()) => {
+                    self.ports.insert(addr.port());
+                    self.keys.insert(
+                        key,
+                        KeyState::Starting {
+                            child_id: id,
+                            closers: Vec::new(),
+                            acquirers,
+                        },
+                    );
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_dir(&dir);
+                    self.metrics.spawn_failures.fetch_add(1, Relaxed);
+                    tracing::error!(key = %label, error = %e, "could not start child");
+                    self.fail(key, acquirers.workers, &e);
+                }
+            }
+            return;
+        }
+        let Some(spawner) = self.spawner.as_mut() else {
+            return;
+        };
+        let t0 = std::time::Instant::now();
+        let spawned = match spawner.spawn(&dir, &listener, addr) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                self.spawn_failed(key, acquirers, e.to_string());
+                return;
+            }
+        };
+        // Our copy of the listening socket closes here: only the child holds
+        // it now, so if the child dies, queued connections are reset at once.
+        drop(listener);
+        match self.watch(id, addr, spawned.pid, spawned.pidfd, None) {
+            Ok(live) => {
+                tracing::info!(key = %label, pid = live.pid, child = id, %addr,
+                    spawn_ms = t0.elapsed().as_secs_f64() * 1000.0, "child spawned");
+                self.ports.insert(addr.port());
+                self.started(key, live, Vec::new(), acquirers);
+            }
+            Err(msg) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                self.spawn_failed(key, acquirers, msg);
+            }
+        }
+    }
+
+    fn spawn_failed(&mut self, key: RouteKey, acquirers: Waiting, msg: String) {
+        self.metrics.spawn_failures.fetch_add(1, Relaxed);
+        tracing::error!(key = %key.label(), error = %msg, "could not start child");
+        self.fail(key, acquirers.workers, &ProxyError::SpawnFailed(msg));
+    }
+
+    /// Puts a new child process under watch: WAITID on its pidfd (which reaps
+    /// it), its ready deadline, and a forked child's status socket. On error
+    /// the process is killed and reaped here, so it never lingers.
+    pub(super) fn watch(
+        &mut self,
+        id: u64,
+        addr: SocketAddr,
+        pid: u32,
+        pidfd: OwnedFd,
+        status: Option<OwnedFd>,
+    ) -> Result<Live, String> {
+        if let Err(e) = self.ring.push(
+            Op::WaitId {
+                pidfd: pidfd.as_raw_fd(),
+            },
+            tag(K_WAIT, id),
+        ) {
+            let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
+            // Reap it here (it dies at once) so it never lingers as a zombie.
+            let _ = rustix::process::waitid(
+                rustix::process::WaitId::PidFd(pidfd.as_fd()),
+                rustix::process::WaitIdOptions::EXITED,
+            );
+            return Err(format!("watching the child: {e}"));
+        }
+        let ready_timer = self
+            .ring
+            .push(
+                Op::Timeout {
+                    after: self.cfg.ready_timeout,
+                },
+                tag(K_READY, id),
+            )
+            .ok();
+        let status = status.filter(|s| {
+            self.ring
+                .push(
+                    Op::PollAdd {
+                        fd: s.as_raw_fd(),
+                        events: libc::POLLIN as u32,
+                    },
+                    tag(K_STATUS, id),
+                )
+                .is_ok()
+        });
+        Ok(Live {
+            child: Arc::new(ChildInfo::new(id, addr)),
+            pidfd,
+            pid,
+            ready_timer,
+            killed: None,
+            status,
+            setup_failed: false,
+        })
+    }
+
+    /// A child exists: publish it to `acquirers`, and kill it at once if it
+    /// was closed (or ringmux began shutting down) while it was starting.
+    pub(super) fn started(
+        &mut self,
+        key: RouteKey,
+        mut live: Live,
+        closers: Vec<(usize, u64)>,
+        acquirers: Waiting,
+    ) {
+        self.live += 1;
+        self.metrics.spawns.fetch_add(1, Relaxed);
+        self.metrics.live_children.store(self.live as u64, Relaxed);
+        self.by_child.insert(live.child.id, key);
+        let mut acquirers = acquirers;
+        if self.shutdown.is_some() {
+            self.fail(key, acquirers.workers.drain(..), &ProxyError::ShuttingDown);
+            super::exit::kill(&mut live, ExitCause::Shutdown);
+        } else if !closers.is_empty() {
+            // Its waiters are answered again (with a fresh child) after the
+            // close, as for a close that races a running child.
+            tracing::info!(key = %key.label(), pid = live.pid, "closing child");
+            super::exit::kill(&mut live, ExitCause::Closed);
+        } else {
+            for w in acquirers.workers.drain(..) {
+                self.reply(
+                    w,
+                    ToWorker::Ready {
+                        key,
+                        child: Arc::clone(&live.child),
+                    },
+                );
+            }
+        }
+        self.keys.insert(
+            key,
+            KeyState::Running {
+                live,
+                closers,
+                acquirers,
+            },
+        );
+    }
+
+    /// A listening socket on a port no known child uses. A child's port is
+    /// free in the kernel the moment it dies, but workers may still connect
+    /// to it until its exit is processed here; never hand such a port to a new
+    /// child, or one rollout's request could reach another rollout's child.
+    fn fresh_listener(&mut self) -> std::io::Result<(TcpListener, SocketAddr)> {
+        for _ in 0..16 {
+            let (l, addr) = child_listener()?;
+            if !self.ports.contains(&addr.port()) {
+                return Ok((l, addr));
+            }
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "no port distinct from live children's after 16 tries",
+        ))
+    }
+}

@@ -1,0 +1,230 @@
+//! What others left behind, and the cleanup threads' priority: directories
+//! of dead ringmux instances (found by `flock`, never by age), untracked
+//! child processes of ringmux (a fork server that died between forking a
+//! child and reporting it), and the renice of the io-wq threads that run
+//! cleanup `UNLINKAT`s.
+
+use std::collections::HashSet;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering::Relaxed;
+
+use ringmux_uring::Op;
+
+use crate::child::sys;
+
+use super::cleanup::Cleanup;
+use super::keys::KeyState;
+use super::{tag, ActiveCleanup, Control, K_ORPHAN};
+
+/// Nice value of the io-wq threads that run cleanup `UNLINKAT`s.
+const CLEANUP_NICE: i32 = 19;
+
+/// Whether `name` is an instance directory name: `ringmux-<pid>-<hex nonce>`.
+pub fn is_instance_dir_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("ringmux-") else {
+        return false;
+    };
+    let mut parts = rest.splitn(2, '-');
+    let pid_ok = parts
+        .next()
+        .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let nonce_ok = parts
+        .next()
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_hexdigit()));
+    pid_ok && nonce_ok
+}
+
+/// Pids of this process's children (every thread's), from
+/// `/proc/self/task/*/children`.
+fn own_children() -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    out
+}
+
+impl Control {
+    /// Puts the io-wq workers of this thread's rings (the threads that run
+    /// `UNLINKAT`, named `iou-wrk-<control tid>`) at the lowest CPU priority, so
+    /// a large cleanup yields to the data plane. io-wq workers are created on
+    /// demand and exit when idle, so this is re-checked while cleanups run.
+    pub(super) fn renice_io_workers(&mut self) {
+        let want = format!("iou-wrk-{}", self.tid);
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return;
+        };
+        for t in tasks.flatten() {
+            let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if self.reniced.contains(&tid) {
+                continue;
+            }
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() != want {
+                continue;
+            }
+            if let Some(pid) = rustix::process::Pid::from_raw(tid) {
+                match rustix::process::setpriority_process(Some(pid), CLEANUP_NICE) {
+                    Ok(()) => {
+                        tracing::debug!(tid, nice = CLEANUP_NICE, "io-wq worker reniced");
+                        self.reniced.push(tid);
+                    }
+                    Err(e) => tracing::warn!(tid, error = %e, "cannot renice io-wq worker"),
+                }
+            }
+        }
+        if self.reniced.len() > 64 {
+            self.reniced.drain(..32);
+        }
+    }
+
+    /// Removes the directories of ringmux instances under the base directory
+    /// whose owner is gone. Ownership is the instance directory's `flock`: a
+    /// live instance holds it for its whole life, so a lock we can take
+    /// belongs to a dead one. Age plays no part.
+    pub(super) fn sweep_stale_instances(&mut self) {
+        let own = self
+            .cfg
+            .instance_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some(base) = self.cfg.instance_dir.parent().map(|p| p.to_path_buf()) else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(&base) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == own || !is_instance_dir_name(&name) {
+                continue;
+            }
+            let Ok(fd) = rustix::fs::openat(
+                &self.cfg.base_fd,
+                name.as_str(),
+                rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::NOFOLLOW
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            ) else {
+                continue;
+            };
+            if rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err()
+            {
+                tracing::debug!(dir = %name, "instance directory is locked: its owner lives");
+                continue;
+            }
+            match Cleanup::start(self.cfg.base_fd.as_fd(), &name) {
+                Ok(work) => {
+                    tracing::info!(dir = %base.join(&name).display(),
+                        "removing the directory of a dead ringmux instance");
+                    self.metrics.cleanups_in_flight.fetch_add(1, Relaxed);
+                    self.cleanups.insert(ActiveCleanup {
+                        key: None,
+                        work,
+                        stale: Some((name, fd)),
+                    });
+                }
+                Err(e) => tracing::warn!(dir = %name, error = %e, "cannot clean a dead instance"),
+            }
+        }
+    }
+
+    /// Kills and reaps every child process of ringmux that it does not track.
+    /// Forked children are children of ringmux from the moment the fork
+    /// server forks them (`CLONE_PARENT`); one whose report never came (the
+    /// fork server died in between) would otherwise serve nobody and, once
+    /// dead, linger as a zombie. Called after a dead fork server's channel
+    /// has been drained, so every reported child is tracked by then.
+    pub(super) fn reap_orphans(&mut self) {
+        let mut tracked: HashSet<u32> = HashSet::new();
+        for st in self.keys.values() {
+            if let KeyState::Running { live, .. } = st {
+                tracked.insert(live.pid);
+            }
+        }
+        if let Some(pid) = self.fork.as_ref().and_then(|f| f.pid()) {
+            tracked.insert(pid);
+        }
+        tracked.extend(self.orphans.iter().map(|(_, (pid, _))| *pid));
+        for pid in own_children() {
+            if tracked.contains(&pid) {
+                continue;
+            }
+            // It is our child and not reaped, so the pid cannot be reused
+            // before we wait for it: pidfd_open is race-free here.
+            let Ok(pidfd) = sys::pidfd_open(pid) else {
+                continue;
+            };
+            if !sys::pidfd_is_our_child(pidfd.as_fd()).unwrap_or(false) {
+                continue;
+            }
+            tracing::warn!(
+                pid,
+                "killing an untracked child process (forked but never reported)"
+            );
+            self.reap_pidfd(pid, pidfd);
+        }
+    }
+
+    /// Kills a child of ringmux that nothing tracks and reaps it on the ring.
+    pub(super) fn reap_pidfd(&mut self, pid: u32, pidfd: OwnedFd) {
+        let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
+        let raw = pidfd.as_raw_fd();
+        let slot = self.orphans.insert((pid, pidfd));
+        if self
+            .ring
+            .push(Op::WaitId { pidfd: raw }, tag(K_ORPHAN, slot as u64))
+            .is_err()
+        {
+            // SIGKILLed: it exits at once, so this wait is short.
+            let (_, fd) = self.orphans.remove(slot);
+            let _ = rustix::process::waitid(
+                rustix::process::WaitId::PidFd(fd.as_fd()),
+                rustix::process::WaitIdOptions::EXITED,
+            );
+            self.metrics.orphans_reaped.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(super) fn on_orphan_reaped(&mut self, slot: usize, result: i32) {
+        if let Some((pid, _fd)) = self.orphans.try_remove(slot) {
+            self.metrics.orphans_reaped.fetch_add(1, Relaxed);
+            tracing::debug!(pid, result, "untracked child reaped");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_dir_names() {
+        assert!(is_instance_dir_name("ringmux-123-00ab"));
+        assert!(!is_instance_dir_name("ringmux-123-"));
+        assert!(!is_instance_dir_name("ringmux-x-00ab"));
+        assert!(!is_instance_dir_name("ringmux-failed-0123456789abcdef-1-2"));
+        assert!(!is_instance_dir_name("_forkserver"));
+    }
+
+    #[test]
+    fn own_children_lists_a_child_we_started() {
+        let mut c = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("sleep");
+        assert!(own_children().contains(&c.id()));
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
