@@ -12,12 +12,15 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 
-want="$(sha256sum "$REQ" | cut -d' ' -f1)"
+# The stamp covers the requirements and the fork helper (python/, installed
+# from this checkout), so a change to either reinstalls.
+want="$(cat "$REQ" python/pyproject.toml python/ringmux_fork/*.py | sha256sum | cut -d' ' -f1)"
 have="$(cat "$STAMP" 2>/dev/null || true)"
-if [ "$want" != "$have" ] || ! .venv/bin/python -c 'import pytest, httpx, mcp, uvicorn, starlette' 2>/dev/null; then
+if [ "$want" != "$have" ] || ! .venv/bin/python -c 'import pytest, httpx, mcp, uvicorn, starlette, ringmux_fork' 2>/dev/null; then
     echo "setup-test-env: installing $REQ"
     .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
     .venv/bin/python -m pip install -q --disable-pip-version-check -r "$REQ"
+    .venv/bin/python -m pip install -q --disable-pip-version-check ./python
     echo "$want" > "$STAMP"
 fi
 echo "setup-test-env: ok ($(.venv/bin/python -c 'import importlib.metadata as m; print("mcp", m.version("mcp"), "pytest", m.version("pytest"))'))"
