@@ -18,7 +18,9 @@ Parts (see benches/RESULTS.md for a reading of the numbers):
    connection for added latency, 32 connections rising to saturation; 64 KiB
    responses; an SSE stream of 1,000 events (time to the last event).
 3. Scale: first-request latency for a new key, open+close churn, and ringmux's
-   RSS and fd count with many live children.
+   RSS and fd count with many live children. 3b (benches/warm.py): a Python
+   tool server with 200 MiB of warm state, exec per key vs `--fork` vs the
+   original's own fork: first request, private memory per child, churn.
 
 Writes benches/results/results.json (raw), summary.md (tables) and SVG plots,
 and prints the tables. Everything talks to 127.0.0.1 only; every loop is
@@ -45,6 +47,8 @@ import urllib.request
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benches"))
+import warm  # noqa: E402  (part 3b)
 RINGMUX = os.path.join(ROOT, "target/release/ringmux")
 PROBE = os.path.join(ROOT, "target/release/examples/probe")
 LOADGEN = os.path.join(ROOT, "target/release/examples/loadgen")
@@ -741,6 +745,8 @@ def part3(cfg, prog, workdir):
             proc.stop()
             shutil.rmtree(base, ignore_errors=True)
         res[name] = r
+    # 3b: a Python tool server with a large warm state: exec vs --fork vs the original's fork.
+    res["warm"] = warm.run(cfg.python, workdir, quick=cfg.quick, prog=prog)
     return res
 
 
@@ -863,6 +869,8 @@ def tables(results):
         out.append("| | first request, new key: p50 / p90 / max (ms) | open+close churn (rollouts/s, 20 at a time) |")
         out.append("| --- | --- | --- |")
         for name, r in p3.items():
+            if name == "warm":
+                continue
             f, c = r["first_request"], r["churn"]
             out.append(f"| {name} | {f['p50_ms']:.2f} / {f['p90_ms']:.2f} / {f['max_ms']:.2f} | {c['rollouts_per_s']:.0f} |")
         lv = p3.get("ringmux", {}).get("live")
@@ -874,6 +882,8 @@ def tables(results):
                 f"{lv['children_pss_total_kib'] // 1024} MiB (PSS). After closing all: {lv['children_left']} children, "
                 f"{lv['child_dirs_left']} child directories left, fds {lv['fds_after_close']}.\n"
             )
+        if p3.get("warm"):
+            out.append(warm.table(p3["warm"]))
     return "\n".join(out)
 
 
@@ -992,6 +1002,7 @@ def main():
         first_n=10 if q else 50,
         churn_n=100 if q else 500,
         live=200 if q else 1000,
+        quick=q,
     )
     for binary in (RINGMUX, PROBE, LOADGEN):
         if not os.path.exists(binary):
@@ -1000,7 +1011,7 @@ def main():
     total = (
         (3 * cfg.p1_runs if 1 in parts else 0)
         + (5 * cfg.reps + 3 * (2 + len(cfg.rates)) + 2 * len(cfg.py_rates) if 2 in parts else 0)
-        + (7 if 3 in parts else 0)
+        + (7 + 12 if 3 in parts else 0)
     )
     prog = Progress(total)
     workdir = tempfile.mkdtemp(prefix="ringmux-bench-")

@@ -4,7 +4,8 @@
 # benches/results/.
 #   scripts/bench.sh            full run (~10 min on 2 cores)
 #   scripts/bench.sh --quick    one run per column, shorter windows (~2.5 min)
-#   scripts/bench.sh --parts 2  only part 2 (1: cleanup stall, 2: request path, 3: scale)
+#   scripts/bench.sh --parts 2  only part 2 (1: cleanup stall, 2: request path, 3: scale,
+#                               incl. 3b: a warm Python tool server, exec vs --fork vs the original)
 # Everything talks to 127.0.0.1 only. Needs root (or sudo) once, to install nginx.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,11 +27,12 @@ export PATH="$PATH:/usr/sbin"
 VENV=.venv-bench
 REQ=benches/requirements.txt
 STAMP="$VENV/.requirements.sha256"
-want="$(cat "$REQ" benches/pyorig/requirements.txt | sha256sum | cut -d' ' -f1)"
+want="$(cat "$REQ" benches/pyorig/requirements.txt python/pyproject.toml python/ringmux_fork/*.py | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null || true)" != "$want" ]; then
-    say "installing the Python side into $VENV (matplotlib, uvicorn, httpx)"
+    say "installing the Python side into $VENV (matplotlib, uvicorn, httpx, mcp, ringmux_fork)"
     "${PYTHON:-python3}" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQ"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check ./python
     echo "$want" > "$STAMP"
 fi
 

@@ -34,6 +34,11 @@ Child kinds
     --child python (default, faithful): the forked child serves a small ASGI MCP
         app (POST /mcp: initialize, tools/list, tools/call for echo, write_files,
         whoami; GET /healthz) with uvicorn on the inherited socket (``fd=3``).
+    --child app --app MODULE:ATTR [--app-dir DIR]: the seed's real use. The proxy
+        process imports the tool server's ASGI app ONCE at start (its module-level
+        state is the warm state), and every forked child serves that app with
+        uvicorn (lifespan on) on the inherited socket; readiness is again found by
+        50 ms connect polling.
     --child exec --child-cmd CMD...: the forked child chdirs, dup2s the (already
         listening) socket to fd 3, sets LISTEN_FDS=1 and execs CMD, e.g.
         ``target/release/ringmux demo-child``, so every proxy under test can sit in
@@ -73,6 +78,9 @@ from urllib.parse import parse_qsl
 
 import httpx
 import uvicorn
+
+# --child app: the tool server's ASGI app, imported once by the proxy process.
+WARM_APP = None
 
 KEY_PARAM = "vf_state_secret"
 CLOSE_PATH = "/vf/close"
@@ -464,10 +472,11 @@ class Mux:
             asyncio.events._set_running_loop(None)
             loop = asyncio.new_event_loop()
             asyncio.set_event_loop(loop)
+            app = WARM_APP if self.args.child == "app" else child_app
             config = uvicorn.Config(
-                child_app,
+                app,
                 fd=CHILD_FD,
-                lifespan="off",
+                lifespan="auto" if self.args.child == "app" else "off",
                 http="h11",
                 loop="asyncio",
                 log_level="warning",
@@ -692,7 +701,10 @@ def main():
         help="cleanup on the event loop (before the seed PR) or in a one-worker executor (the PR, default)",
     )
     p.add_argument("--nodelay", action="store_true", help="TCP_NODELAY on the child's listening socket")
-    p.add_argument("--child", choices=("python", "exec"), default="python", help="forked Python child or exec")
+    p.add_argument("--child", choices=("python", "exec", "app"), default="python",
+                   help="forked Python child, exec, or a forked child serving --app")
+    p.add_argument("--app", metavar="MODULE:ATTR", help="for --child app: the ASGI app imported once at start")
+    p.add_argument("--app-dir", default=".", help="for --child app: put first on sys.path")
     p.add_argument(
         "--child-cmd",
         nargs=argparse.REMAINDER,
@@ -702,6 +714,16 @@ def main():
     args = p.parse_args()
     if args.child == "exec" and not args.child_cmd:
         p.error("--child exec needs --child-cmd CMD...")
+    if args.child == "app":
+        if not args.app or ":" not in args.app:
+            p.error("--child app needs --app MODULE:ATTR")
+        import importlib
+        import sys
+
+        global WARM_APP
+        sys.path.insert(0, os.path.abspath(args.app_dir))
+        mod, attr = args.app.split(":", 1)
+        WARM_APP = getattr(importlib.import_module(mod), attr)  # the one expensive import
 
     made_base = False
     if args.base_dir:

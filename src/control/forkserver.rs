@@ -84,6 +84,8 @@ struct Pending {
     /// What goes with the request; `None` once sent (the kernel holds them).
     fds: Option<[OwnedFd; 3]>,
     deadline: Instant,
+    /// When ringmux asked for it.
+    asked: Instant,
 }
 
 /// The fork server's state.
@@ -263,6 +265,7 @@ impl Control {
             status,
             fds: Some([OwnedFd::from(listener), dirfd, child_status]),
             deadline: Instant::now() + timeout,
+            asked: Instant::now(),
         };
         fs.pending.insert(id, p);
         if !starting {
@@ -432,11 +435,11 @@ impl Control {
                 self.fs().kill("reported a fatal error");
                 false
             }
-            FromServer::Spawned { id, pid } => {
+            FromServer::Spawned { id, pid, fork_us } => {
                 let Some(pidfd) = fds.pop() else {
                     return false;
                 };
-                self.fork_spawned(id, pid, pidfd)
+                self.fork_spawned(id, pid, pidfd, fork_us)
             }
             FromServer::Error { id, error } => {
                 let Some(p) = self.fs().pending.remove(&id) else {
@@ -453,7 +456,7 @@ impl Control {
     }
 
     /// A child was forked: check it is ours, then treat it like an exec'd one.
-    fn fork_spawned(&mut self, id: u64, pid: u32, pidfd: OwnedFd) -> bool {
+    fn fork_spawned(&mut self, id: u64, pid: u32, pidfd: OwnedFd, fork_us: Option<u64>) -> bool {
         let Some(p) = self.fs().pending.remove(&id) else {
             // A request that timed out meanwhile, or a confused fork server.
             tracing::warn!(
@@ -505,9 +508,12 @@ impl Control {
         };
         debug_assert_eq!(child_id, id);
         let key = p.key;
+        let asked_ms = p.asked.elapsed().as_secs_f64() * 1000.0;
+        let fork_ms = fork_us.map(|us| us as f64 / 1000.0);
         match self.watch(id, p.addr, pid, pidfd, Some(p.status)) {
             Ok(live) => {
-                tracing::info!(key = %key.label(), pid, child = id, addr = %p.addr, "child forked");
+                tracing::info!(key = %key.label(), pid, child = id, addr = %p.addr, asked_ms,
+                    fork_ms, "child forked");
                 self.started(key, live, closers, acquirers);
             }
             Err(msg) => {

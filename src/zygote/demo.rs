@@ -90,13 +90,18 @@ pub fn run(warm_mib: usize) -> io::Result<()> {
             send(&chan, &err.encode(), &[])?;
             continue;
         };
+        let t0 = std::time::Instant::now();
         match sys::fork_into_parent() {
             Ok(Forked::Child) => {
                 drop(chan);
                 child(req, [listener, dir, status], me, ringmux_pid);
             }
             Ok(Forked::Parent { pid, pidfd }) => {
-                let ok = FromServer::Spawned { id: req.id, pid };
+                let ok = FromServer::Spawned {
+                    id: req.id,
+                    pid,
+                    fork_us: Some(t0.elapsed().as_micros() as u64),
+                };
                 send(&chan, &ok.encode(), &[pidfd.as_fd()])?;
             }
             Err(e) => {

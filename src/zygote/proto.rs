@@ -7,7 +7,7 @@
 //!                        {"v":1,"type":"fatal","error":"..."}            (then it exits)
 //! ringmux → fork server  {"v":1,"type":"spawn","id":N,"addr":"127.0.0.1:PORT",
 //!                         "dir":"/abs/dir","query":"a=1&b=2"}  + fds [listener, dir, status]
-//! fork server → ringmux  {"v":1,"type":"spawned","id":N,"pid":C}          + fds [pidfd of C]
+//! fork server → ringmux  {"v":1,"type":"spawned","id":N,"pid":C[,"fork_us":T]} + fds [pidfd of C]
 //!                        {"v":1,"type":"error","id":N,"error":"..."}     (no child was made)
 //! child → ringmux        {"v":1,"type":"setup_done"}                       on the status fd
 //! (on the status fd)     {"v":1,"type":"setup_failed","error":"..."}     (then it exits)
@@ -36,6 +36,9 @@ pub enum FromServer {
         id: u64,
         /// The child's pid.
         pid: u32,
+        /// Optional: how long the fork itself took in the fork server, µs
+        /// (for the log: a large parent's page tables are copied here).
+        fork_us: Option<u64>,
     },
     /// No child was made for `id`.
     Error {
@@ -176,6 +179,7 @@ impl FromServer {
             "spawned" => Ok(FromServer::Spawned {
                 id: field_u64(&kind, &m, "id")?,
                 pid: field_pid(&kind, &m)?,
+                fork_us: m.get("fork_us").and_then(Value::as_u64),
             }),
             "error" => Ok(FromServer::Error {
                 id: field_u64(&kind, &m, "id")?,
@@ -190,9 +194,12 @@ impl FromServer {
         let v = match self {
             FromServer::Ready { pid } => json!({"v": 1, "type": "ready", "pid": pid}),
             FromServer::Fatal { error } => json!({"v": 1, "type": "fatal", "error": error}),
-            FromServer::Spawned { id, pid } => {
-                json!({"v": 1, "type": "spawned", "id": id, "pid": pid})
-            }
+            FromServer::Spawned { id, pid, fork_us } => match fork_us {
+                Some(us) => {
+                    json!({"v": 1, "type": "spawned", "id": id, "pid": pid, "fork_us": us})
+                }
+                None => json!({"v": 1, "type": "spawned", "id": id, "pid": pid}),
+            },
             FromServer::Error { id, error } => {
                 json!({"v": 1, "type": "error", "id": id, "error": error})
             }
@@ -261,7 +268,16 @@ mod tests {
         for m in [
             FromServer::Ready { pid: 7 },
             FromServer::Fatal { error: "x".into() },
-            FromServer::Spawned { id: 3, pid: 9 },
+            FromServer::Spawned {
+                id: 3,
+                pid: 9,
+                fork_us: None,
+            },
+            FromServer::Spawned {
+                id: 3,
+                pid: 9,
+                fork_us: Some(812),
+            },
             FromServer::Error {
                 id: 4,
                 error: "no".into(),

@@ -217,11 +217,13 @@ class BadServer:
 class Pyorig:
     """benches/pyorig/proxy.py as a subprocess; kill() is the finalizer."""
 
-    def __init__(self, base: Path, mode="offloop", child="exec", nodelay=True):
+    def __init__(self, base: Path, mode="offloop", child="exec", nodelay=True, app=None):
         argv = [PY, str(PYORIG), "--listen", "127.0.0.1:0", "--base-dir", str(base), "--mode", mode]
         if nodelay:
             argv.append("--nodelay")
         argv += ["--child", child]
+        if child == "app":
+            argv += ["--app", app, "--app-dir", str(REPO / "tests" / "py" / "children")]
         if child == "exec":
             argv += ["--child-cmd", str(RINGMUX_BIN), "demo-child"]  # must come last
         self.argv = argv
@@ -659,3 +661,48 @@ def test_loadgen_through_pyorig(pyorig_factory, tmp_path):
     assert r["completed"] >= 8, r
     assert r["events"] == 200 * r["completed"] and r["bytes"] == per_stream * r["completed"], r
     assert po.children() == [whoami(po.key_url("/mcp", key))["pid"]]
+
+
+def test_pyorig_app_child_imports_once_and_forks_per_key(pyorig_factory, tmp_path):
+    """--child app (part 3b's baseline): the proxy imports the tool server once;
+    every key's forked child serves it (official SDK client), with its own
+    copy of module globals."""
+    import anyio
+
+    from mcp_helpers import mcp_session, tool_json
+
+    p = pyorig_factory(tmp_path / "app", child="app", app="fork_child:app")
+
+    async def who(key):
+        async with mcp_session(p.key_url("/mcp", key)) as s:
+            w = tool_json(await s.call_tool("whoami", {}))
+            g = tool_json(await s.call_tool("global_and_file", {"value": key, "sleep_ms": 1}))
+            return w, g
+
+    (wa, ga), (wb, gb) = anyio.run(who, "a1"), anyio.run(who, "b2")
+    assert wa["imported_by"] == wb["imported_by"] == p.pid, "imported once, by the proxy"
+    assert wa["pid"] != wb["pid"] and wa["ppid"] == wb["ppid"] == p.pid
+    assert (ga["global"], gb["global"]) == ("a1", "b2")
+    assert p.close_key("a1").status_code == 200
+    assert p.terminate() == 0
+
+
+def test_warm_breakdown_reads_ringmux_log_lines(tmp_path):
+    """benches/warm.py's reading of ringmux's log, on lines in the format the
+    daemon writes (only the first-request phase's children count)."""
+    import sys as _sys
+
+    _sys.path.insert(0, str(REPO / "benches"))
+    import warm
+
+    log = tmp_path / "l"
+    log.write_text(
+        "INFO child forked key=ab pid=7 child=1 addr=127.0.0.1:5 asked_ms=2.5 fork_ms=1.5\n"
+        "DEBUG child answered its first request worker=0 child=1 ms=10.0\n"
+        "INFO child forked key=cd pid=8 child=2 addr=127.0.0.1:6 asked_ms=3.5 fork_ms=0.5\n"
+        "DEBUG child answered its first request worker=1 child=2 ms=12.0\n"
+        "INFO child forked key=ef pid=9 child=3 addr=127.0.0.1:7 asked_ms=99 fork_ms=99\n"
+        "DEBUG child answered its first request worker=1 child=3 ms=99\n"
+    )
+    b = warm.breakdown(str(log), 2)
+    assert b == {"n": 2, "ask_to_forked_ms": 3.0, "fork_ms": 1.0, "child_start_to_first_answer_ms": 11.0}
