@@ -118,6 +118,11 @@ impl ForkServer {
         matches!(self.state, State::Stopped) && self.process.is_none()
     }
 
+    /// Spawn requests queued or sent, not answered yet.
+    pub fn requests_in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Its pid while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(|p| p.pid)
@@ -239,6 +244,10 @@ impl Control {
     ) -> Result<(), ProxyError> {
         let timeout = self.cfg.ready_timeout;
         let fs = self.fs();
+        if fs.process.as_ref().is_some_and(|p| p.killed.is_some()) {
+            // Being killed (wedged, broken): do not hand it more work.
+            return Err(ProxyError::ForkServerUnavailable("it is restarting"));
+        }
         let starting = match fs.state {
             State::Ready { .. } => false,
             State::Starting { .. } => true,
@@ -379,7 +388,7 @@ impl Control {
                 return false;
             }
         };
-        let expects_fd = matches!(msg, FromServer::Spawned { .. });
+        let expects_fd = matches!(msg, FromServer::Spawned { .. } | FromServer::Orphan { .. });
         if fds.len() != usize::from(expects_fd) {
             tracing::error!(
                 fds = fds.len(),
@@ -440,6 +449,19 @@ impl Control {
                     return false;
                 };
                 self.fork_spawned(id, pid, pidfd, fork_us)
+            }
+            FromServer::Orphan { pid } => {
+                let Some(pidfd) = fds.pop() else {
+                    return false;
+                };
+                if sys::pidfd_is_our_child(pidfd.as_fd()).unwrap_or(false) {
+                    tracing::debug!(
+                        pid,
+                        "fork server handed back a child that serves nobody; reaping it"
+                    );
+                    self.reap_pidfd(pid, pidfd);
+                }
+                true
             }
             FromServer::Error { id, error } => {
                 let Some(p) = self.fs().pending.remove(&id) else {

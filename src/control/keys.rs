@@ -82,6 +82,13 @@ pub(super) enum KeyState {
 }
 
 impl Control {
+    /// Whether `--max-children` is reached, counting children the fork
+    /// server was asked for but has not reported yet.
+    fn at_capacity(&self) -> bool {
+        let starting = self.fork.as_ref().map_or(0, |f| f.requests_in_flight());
+        self.live + starting >= self.cfg.max_children
+    }
+
     pub(super) fn acquire(&mut self, key: RouteKey, worker: usize, query: String) {
         if self.shutdown.is_some() {
             self.fail(key, [worker], &ProxyError::ShuttingDown);
@@ -102,7 +109,7 @@ impl Control {
                 acquirers.add(worker, query);
             }
             None => {
-                if self.live >= self.cfg.max_children {
+                if self.at_capacity() {
                     self.metrics.at_capacity.fetch_add(1, Relaxed);
                     tracing::warn!(
                         live = self.live,
@@ -150,7 +157,7 @@ impl Control {
         }
         if self.shutdown.is_some() {
             self.fail(key, acquirers.workers, &ProxyError::ShuttingDown);
-        } else if self.live >= self.cfg.max_children {
+        } else if self.at_capacity() {
             self.metrics.at_capacity.fetch_add(1, Relaxed);
             self.fail(key, acquirers.workers, &ProxyError::AtCapacity);
         } else {

@@ -9,6 +9,8 @@
 //!                         "dir":"/abs/dir","query":"a=1&b=2"}  + fds [listener, dir, status]
 //! fork server → ringmux  {"v":1,"type":"spawned","id":N,"pid":C[,"fork_us":T]} + fds [pidfd of C]
 //!                        {"v":1,"type":"error","id":N,"error":"..."}     (no child was made)
+//!                        {"v":1,"type":"orphan","pid":C}                  + fds [pidfd of C]
+//!                        (a child of ringmux that serves nobody: reap it)
 //! child → ringmux        {"v":1,"type":"setup_done"}                       on the status fd
 //! (on the status fd)     {"v":1,"type":"setup_failed","error":"..."}     (then it exits)
 //! ```
@@ -39,6 +41,13 @@ pub enum FromServer {
         /// Optional: how long the fork itself took in the fork server, µs
         /// (for the log: a large parent's page tables are copied here).
         fork_us: Option<u64>,
+    },
+    /// A child of ringmux the fork server made that will serve nobody (a
+    /// pre-forked child that died or is discarded): ringmux kills and reaps
+    /// it (its pidfd is attached).
+    Orphan {
+        /// Its pid.
+        pid: u32,
     },
     /// No child was made for `id`.
     Error {
@@ -181,6 +190,9 @@ impl FromServer {
                 pid: field_pid(&kind, &m)?,
                 fork_us: m.get("fork_us").and_then(Value::as_u64),
             }),
+            "orphan" => Ok(FromServer::Orphan {
+                pid: field_pid(&kind, &m)?,
+            }),
             "error" => Ok(FromServer::Error {
                 id: field_u64(&kind, &m, "id")?,
                 error: error_text(&kind, &m)?,
@@ -203,6 +215,7 @@ impl FromServer {
             FromServer::Error { id, error } => {
                 json!({"v": 1, "type": "error", "id": id, "error": error})
             }
+            FromServer::Orphan { pid } => json!({"v": 1, "type": "orphan", "pid": pid}),
         };
         v.to_string().into_bytes()
     }
@@ -282,6 +295,7 @@ mod tests {
                 id: 4,
                 error: "no".into(),
             },
+            FromServer::Orphan { pid: 12 },
         ] {
             assert_eq!(FromServer::parse(&m.encode()), Ok(m));
         }
