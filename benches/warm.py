@@ -324,12 +324,19 @@ def table(res):
     return "\n".join(out) + "\n"
 
 
-def ab_hugepages(python, workdir, reps, n, warm_mib):
-    """Fork mode with and without the huge-page heap, alternating: first
-    request p50 and the fork's own duration per repetition."""
-    out = {"with": [], "without": []}
+AB = {
+    "hugepages": (("with", ()), ("without", ("--no-hugepages",))),
+    "pool": (("pool 2", ("--pool", "2")), ("pool 0", ("--pool", "0"))),
+}
+
+
+def ab(python, workdir, what, reps, n, warm_mib):
+    """Fork mode with two helper settings (AB[what]), alternating: first
+    request p50 and the fork's (or hand-over's) duration per repetition."""
+    (la, xa), (lb, xb) = AB[what]
+    out = {la: [], lb: []}
     for rep in range(reps):
-        order = [("with", ()), ("without", ("--no-hugepages",))]
+        order = [(la, xa), (lb, xb)]
         if rep % 2:
             order.reverse()
         for label, extra in order:
@@ -342,7 +349,7 @@ def ab_hugepages(python, workdir, reps, n, warm_mib):
                 t.stop()
                 shutil.rmtree(base, ignore_errors=True)
             out[label].append({"p50_ms": f["p50_ms"], "fork_ms": b["fork_ms"] if b else None})
-            print(f"  {label} huge pages: p50 {f['p50_ms']:.1f} ms, fork {b['fork_ms'] if b else float('nan'):.2f} ms",
+            print(f"  {label}: p50 {f['p50_ms']:.1f} ms, fork {b['fork_ms'] if b else float('nan'):.2f} ms",
                   file=sys.stderr, flush=True)
     return out
 
@@ -350,22 +357,23 @@ def ab_hugepages(python, workdir, reps, n, warm_mib):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--ab-hugepages", type=int, metavar="REPS",
-                    help="instead: fork mode with vs without --no-hugepages, REPS alternating pairs of 30 keys")
+    ap.add_argument("--ab", choices=sorted(AB), help="instead: fork mode with two helper settings "
+                    "(hugepages: with/without; pool: --pool 2 / 0), --reps alternating pairs of 30 keys")
+    ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--warm-mib", type=int, default=200)
     ap.add_argument("--python", default=sys.executable, help="Python with mcp, uvicorn and ringmux_fork")
     ap.add_argument("--json", help="write the results here")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="ringmux-warm-")
-    if a.ab_hugepages:
+    if a.ab:
         try:
-            res = ab_hugepages(a.python, work, a.ab_hugepages, 30, a.warm_mib)
+            res = ab(a.python, work, a.ab, a.reps, 30, a.warm_mib)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        for label in ("with", "without"):
+        for label in res:
             p50 = [r["p50_ms"] for r in res[label]]
             fk = [r["fork_ms"] for r in res[label]]
-            print(f"{label} huge pages: first-request p50 median {statistics.median(p50):.1f} ms "
+            print(f"{label}: first-request p50 median {statistics.median(p50):.1f} ms "
                   f"(range {min(p50):.1f}–{max(p50):.1f}), fork median {statistics.median(fk):.2f} ms "
                   f"(range {min(fk):.2f}–{max(fk):.2f})")
         if a.json:

@@ -94,3 +94,17 @@ def die_with_parent(expected_ppid: int) -> None:
         raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
     if os.getppid() != expected_ppid:
         os._exit(1)
+
+
+PR_SET_NAME = 15
+
+
+def get_comm() -> str:
+    with open("/proc/self/comm") as f:
+        return f.read().strip()
+
+
+def set_comm(name: str) -> None:
+    """The process name `ps` shows (15 bytes at most); best effort."""
+    buf = ctypes.create_string_buffer(name.encode()[:15])
+    _libc.prctl(PR_SET_NAME, ctypes.cast(buf, ctypes.c_void_p).value or 0, 0, 0, 0)

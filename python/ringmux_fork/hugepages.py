@@ -3,7 +3,7 @@
 fork(2) copies the parent's page tables: one entry per 4 KiB page, so a
 280 MiB warm heap costs ~70,000 entries per fork. After
 ``madvise(MADV_COLLAPSE)`` (Linux ≥ 6.1) most of it is ~100 huge-page
-entries. Measured here (benches/warm.py --ab-hugepages 3): the fork 2.3 →
+entries. Measured here (benches/warm.py --ab hugepages): the fork 2.3 →
 1.1 ms, a new rollout's first request 13.3 → 12.3 ms (medians). A child that writes to a shared huge page gets
 the huge page split and only the 4 KiB page it wrote copied, so the children's
 private memory stays as small as before.

@@ -29,6 +29,14 @@ def send(sock: socket.socket, msg: dict, fds: list[int] | tuple[int, ...] = ()) 
         sock.send(data)
 
 
+def recv_raw(sock: socket.socket) -> tuple[bytes, list[int]] | None:
+    """One datagram and its descriptors, unparsed; None at end of stream."""
+    data, fds, _, _ = socket.recv_fds(sock, MAX_MSG + 1, MAX_FDS)
+    if not data and not fds:
+        return None
+    return data, fds
+
+
 def recv(sock: socket.socket) -> tuple[dict, list[int]] | None:
     """One message and its descriptors; None at end of stream."""
     data, fds, flags, _ = socket.recv_fds(sock, MAX_MSG + 1, MAX_FDS)

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import gc
 import importlib
 import inspect
+import json
 import os
+import selectors
 import socket
 import sys
 import time
@@ -59,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="import MODULE in the fork server too (repeatable): modules the app imports "
                         "lazily on its first request or at start-up would otherwise be imported again "
                         "by every child (anyio's asyncio backend is pre-imported when anyio is loaded)")
+    p.add_argument("--pool", type=int, default=2, metavar="N",
+                   help="keep N children pre-forked, their event loop already running, so a new "
+                        "rollout costs only the hand-over, its lifespan, its hook and its first "
+                        "request (default: 2; 0: fork at hand-over). With a pool, an async "
+                        "setup_task is awaited in the child's event loop, and a sync one must not "
+                        "start an event loop of its own")
     p.add_argument("--no-hugepages", action="store_true",
                    help="do not collapse the warm heap into transparent huge pages (MADV_COLLAPSE); "
                         "collapsing makes each fork copy ~500x fewer page-table entries")
@@ -164,88 +173,213 @@ def main(argv: list[str] | None = None) -> None:
             pages += f" (some not: {huge['error']})"
     print(f"ringmux_fork: ready in {time.monotonic() - t0:.2f}s (pid {os.getpid()}{pages})",
           file=sys.stderr, flush=True)
-    _serve_requests(chan, ringmux_pid, config, setup_task)
+    _serve_requests(chan, ringmux_pid, config, setup_task, args.pool)
 
 
-def _serve_requests(chan, ringmux_pid, config, setup_task) -> None:
-    while True:
+class _Pooled:
+    """A pre-forked child waiting for its rollout: (pid, pidfd, our end of
+    its hand-over socket)."""
+
+    __slots__ = ("pid", "pidfd", "sock")
+
+    def __init__(self, pid, pidfd, sock):
+        self.pid, self.pidfd, self.sock = pid, pidfd, sock
+
+    def close(self):
+        self.sock.close()
+        os.close(self.pidfd)
+
+
+def _serve_requests(chan, ringmux_pid, config, setup_task, pool_size=0) -> None:
+    sel = selectors.DefaultSelector()
+    sel.register(chan, selectors.EVENT_READ, None)
+    pool: collections.deque[_Pooled] = collections.deque()
+    pool_error = [None]
+
+    def drop_pooled(entry, why):
+        """A pooled child that will serve nobody: ringmux reaps it."""
         try:
-            got = protocol.recv(chan)
-        except protocol.ProtocolError as e:
-            protocol.send(chan, {"type": "fatal", "error": f"bad request from ringmux: {e}"})
-            sys.exit(1)
-        if got is None:
-            sys.exit(0)  # ringmux closed the channel
-        msg, fds = got
-        rid = msg.get("id")
-        if msg.get("type") != "spawn" or not isinstance(rid, int) or len(fds) != 3:
-            for fd in fds:
-                os.close(fd)
-            if isinstance(rid, int):
-                protocol.send(chan, {"type": "error", "id": rid,
-                                     "error": "expected a spawn request with 3 descriptors"})
+            sel.unregister(entry.sock)
+        except (KeyError, ValueError):
+            pass
+        try:
+            protocol.send(chan, {"type": "orphan", "pid": entry.pid, "why": why}, [entry.pidfd])
+        except OSError:
+            pass
+        entry.close()
+
+    def refill():
+        # Requests first: forking for the pool only when none is waiting.
+        while len(pool) < pool_size and not sel.select(0):
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                pid, pidfd = clone.fork_into_parent()
+            except (OSError, clone.ThreadsRunning) as e:
+                ours.close()
+                theirs.close()
+                if pool_error[0] != str(e):
+                    pool_error[0] = str(e)
+                    print(f"ringmux_fork: cannot pre-fork: {e}", file=sys.stderr, flush=True)
+                return
+            if pid == 0:
+                _drop_zygote_fds(chan, sel, pool, [ours])
+                _pooled_child(theirs, ringmux_pid, config, setup_task)
+            theirs.close()
+            entry = _Pooled(pid, pidfd, ours)
+            pool.append(entry)
+            sel.register(ours, selectors.EVENT_READ, entry)
+
+    def take_pooled():
+        if not pool:
+            return None
+        entry = pool.popleft()
+        sel.unregister(entry.sock)
+        return entry
+
+    while True:
+        refill()
+        for key, _ in sel.select():
+            if key.data is not None:
+                # A pooled child's socket is readable only at its end: it died.
+                if key.data in pool:
+                    pool.remove(key.data)
+                    drop_pooled(key.data, "died in the pool")
                 continue
-            protocol.send(chan, {"type": "fatal", "error": "unexpected message from ringmux"})
-            sys.exit(1)
-        t0 = time.perf_counter()
+            _handle_one(chan, ringmux_pid, config, setup_task, take_pooled, drop_pooled,
+                        lambda: _drop_zygote_fds(chan, sel, pool))
+
+
+def _drop_zygote_fds(chan, sel, pool, extra=()) -> None:
+    """In a new child: closes the fork server's own descriptors (its
+    channel, its selector, the pool's sockets and pidfds), which no child may
+    keep."""
+    for s in (chan, *(e.sock for e in pool), *extra):
+        s.close()
+    sel.close()
+    for e in pool:
+        try:
+            os.close(e.pidfd)
+        except OSError:
+            pass
+    # Keep fd 3 taken until the rollout's listening socket replaces it, so
+    # that nothing opened meanwhile (a pooled child's event loop) lands there.
+    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    if devnull != 3:
+        os.dup2(devnull, 3, inheritable=False)
+        os.close(devnull)
+
+
+def _handle_one(chan, ringmux_pid, config, setup_task, take_pooled, drop_pooled, drop_own) -> None:
+    try:
+        got = protocol.recv(chan)
+    except protocol.ProtocolError as e:
+        protocol.send(chan, {"type": "fatal", "error": f"bad request from ringmux: {e}"})
+        sys.exit(1)
+    if got is None:
+        sys.exit(0)  # ringmux closed the channel
+    msg, fds = got
+    rid = msg.get("id")
+    if msg.get("type") != "spawn" or not isinstance(rid, int) or len(fds) != 3:
+        for fd in fds:
+            os.close(fd)
+        if isinstance(rid, int):
+            protocol.send(chan, {"type": "error", "id": rid,
+                                 "error": "expected a spawn request with 3 descriptors"})
+            return
+        protocol.send(chan, {"type": "fatal", "error": "unexpected message from ringmux"})
+        sys.exit(1)
+    t0 = time.perf_counter()
+    try:
+        while (entry := take_pooled()) is not None:
+            try:
+                socket.send_fds(entry.sock, [json.dumps(msg).encode()], fds)
+            except OSError:
+                drop_pooled(entry, "died in the pool")
+                continue
+            fork_us = int((time.perf_counter() - t0) * 1e6)
+            protocol.send(chan, {"type": "spawned", "id": rid, "pid": entry.pid, "fork_us": fork_us,
+                                 "pooled": True}, [entry.pidfd])
+            entry.close()
+            return
         try:
             pid, pidfd = clone.fork_into_parent()
         except (OSError, clone.ThreadsRunning) as e:
-            for fd in fds:
-                os.close(fd)
             protocol.send(chan, {"type": "error", "id": rid, "error": str(e)})
-            continue
+            return
         if pid == 0:
-            _child(chan, fds, msg, ringmux_pid, config, setup_task)  # never returns
+            drop_own()  # the channel too: it is the fork server's alone
+            _child(fds, msg, ringmux_pid, config, setup_task)  # never returns
         try:
             fork_us = int((time.perf_counter() - t0) * 1e6)
             protocol.send(chan, {"type": "spawned", "id": rid, "pid": pid, "fork_us": fork_us}, [pidfd])
         finally:
             os.close(pidfd)
-            for fd in fds:
-                os.close(fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
-def _child(chan, fds, msg, ringmux_pid, config, setup_task) -> None:
+def _become_rollout(fds, msg, ringmux_pid, pooled=False):
+    """In a new child: everything between the fork and the rollout's hook.
+    Returns the status socket."""
     listen_fd, dir_fd, status_fd = fds
     status = socket.socket(fileno=status_fd)
-    try:
-        chan.close()  # the channel is the fork server's alone
+    if not pooled:
         clone.die_with_parent(ringmux_pid)
         os.setpgid(0, 0)
-        os.fchdir(dir_fd)
-        os.close(dir_fd)
-        if listen_fd != 3:
-            os.dup2(listen_fd, 3)
-            os.close(listen_fd)
-        for name in (ENV_FD, ENV_PROTOCOL):
-            os.environ.pop(name, None)
-        os.environ["LISTEN_FDS"] = "1"
-        os.environ["RINGMUX_CHILD_ADDR"] = str(msg.get("addr", ""))
-        if setup_task is not None:
-            r = setup_task(str(msg.get("query", "")))
-            if inspect.isawaitable(r):
-                asyncio.run(r)
-    except BaseException as e:  # noqa: BLE001
-        query = str(msg.get("query", ""))
-        print(redact(traceback.format_exc(), query), file=sys.stderr, end="", flush=True)
-        try:
-            error = redact(f"setup_task: {_summary(e)}", query)
-            protocol.send(status, {"type": "setup_failed", "error": error})
-        except OSError:
-            pass
-        os._exit(EXIT_SETUP_FAILED)
+    os.fchdir(dir_fd)
+    os.close(dir_fd)
+    if listen_fd != 3:
+        os.dup2(listen_fd, 3)
+        os.close(listen_fd)
+    for name in (ENV_FD, ENV_PROTOCOL):
+        os.environ.pop(name, None)
+    os.environ["LISTEN_FDS"] = "1"
+    os.environ["RINGMUX_CHILD_ADDR"] = str(msg.get("addr", ""))
+    return status
+
+
+def _setup_failed(status, msg, e) -> None:
+    query = str(msg.get("query", ""))
+    print(redact(traceback.format_exc(), query), file=sys.stderr, end="", flush=True)
+    try:
+        error = redact(f"setup_task: {_summary(e)}", query)
+        protocol.send(status, {"type": "setup_failed", "error": error})
+    except OSError:
+        pass
+    os._exit(EXIT_SETUP_FAILED)
+
+
+def _setup_done(status) -> None:
     try:
         protocol.send(status, {"type": "setup_done"})
     except OSError:
         pass
     status.close()
+
+
+def _child(fds, msg, ringmux_pid, config, setup_task) -> None:
+    """A child forked at hand-over: becomes the rollout's server."""
+    status = None
+    try:
+        status = _become_rollout(fds, msg, ringmux_pid)
+        if setup_task is not None:
+            r = setup_task(str(msg.get("query", "")))
+            if inspect.isawaitable(r):
+                asyncio.run(r)
+    except BaseException as e:  # noqa: BLE001
+        if status is None:
+            traceback.print_exc()
+            os._exit(EXIT_SETUP_FAILED)
+        _setup_failed(status, msg, e)
+    _setup_done(status)
+    _run_uvicorn(lambda: __import__("uvicorn").Server(config), [socket.socket(fileno=3)])
+
+
+def _run_uvicorn(make_server, sockets) -> None:
     code = 0
     try:
-        import uvicorn
-
-        sock = socket.socket(fileno=3)
-        uvicorn.Server(config).run(sockets=[sock])
+        make_server().run(sockets=sockets)
     except BaseException:  # noqa: BLE001
         traceback.print_exc()
         code = 1
@@ -253,3 +387,51 @@ def _child(chan, fds, msg, ringmux_pid, config, setup_task) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _pooled_child(sock, ringmux_pid, config, setup_task) -> None:
+    """A pre-forked child: its event loop and uvicorn run before its rollout
+    exists; the hand-over (the spawn request and its 3 descriptors, sent by
+    the fork server on `sock`) makes it that rollout's server. The app's
+    lifespan and setup_task run after the hand-over, in the rollout's
+    directory, as in a child forked at hand-over."""
+    try:
+        clone.die_with_parent(ringmux_pid)
+        os.setpgid(0, 0)
+        comm = clone.get_comm()
+        clone.set_comm("rmx-pooled")
+        import uvicorn
+
+        class PooledServer(uvicorn.Server):
+            async def startup(self, sockets=None):
+                loop = asyncio.get_running_loop()
+                arrived = loop.create_future()
+                loop.add_reader(sock.fileno(), lambda: arrived.done() or arrived.set_result(None))
+                await arrived
+                loop.remove_reader(sock.fileno())
+                got = protocol.recv_raw(sock)
+                if got is None:
+                    os._exit(0)  # the fork server is gone: nobody will hand us a rollout
+                data, fds = got
+                msg = json.loads(data)
+                sock.close()
+                clone.set_comm(comm)
+                status = None
+                try:
+                    status = _become_rollout(fds, msg, ringmux_pid, pooled=True)
+                    if setup_task is not None:
+                        r = setup_task(str(msg.get("query", "")))
+                        if inspect.isawaitable(r):
+                            await r
+                except BaseException as e:  # noqa: BLE001
+                    if status is None:
+                        traceback.print_exc()
+                        os._exit(EXIT_SETUP_FAILED)
+                    _setup_failed(status, msg, e)
+                _setup_done(status)
+                await super().startup(sockets=[socket.socket(fileno=3)])
+
+    except BaseException:  # noqa: BLE001
+        traceback.print_exc()
+        os._exit(1)
+    _run_uvicorn(lambda: PooledServer(config), None)
