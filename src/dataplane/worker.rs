@@ -44,6 +44,8 @@ const TICK: Duration = Duration::from_millis(10);
 const HIGH_WATER: usize = 1 << 20;
 /// Resume it below this.
 const LOW_WATER: usize = 256 << 10;
+/// How long a worker keeps running after Shutdown to send its last answers.
+const SHUTDOWN_LINGER: std::time::Duration = std::time::Duration::from_millis(200);
 /// Largest request kept for a retry on a fresh upstream connection.
 const REPLAY_MAX: usize = 256 << 10;
 /// Provided buffers per worker, and their size.
@@ -173,7 +175,17 @@ impl Worker {
             tracing::warn!(worker = self.id, error = %e, "no heartbeat timer");
         }
         let mut comps: Vec<Completion> = Vec::with_capacity(1024);
-        while !self.stopping {
+        // After Shutdown the loop runs a little longer, so that the 503s
+        // just queued for requests waiting on a child are actually sent.
+        let mut linger_until: Option<std::time::Instant> = None;
+        loop {
+            if self.stopping {
+                let until = *linger_until
+                    .get_or_insert_with(|| std::time::Instant::now() + SHUTDOWN_LINGER);
+                if std::time::Instant::now() >= until {
+                    break;
+                }
+            }
             if let Err(e) = self.ring.submit_and_wait(1) {
                 tracing::error!(worker = self.id, error = %e, "ring enter failed");
                 std::thread::sleep(std::time::Duration::from_millis(1));
@@ -236,11 +248,10 @@ impl Worker {
                 if self.ticks.is_multiple_of(50) {
                     self.expire_pool();
                 }
-                if !self.stopping {
-                    let _ = self
-                        .ring
-                        .push(Op::Timeout { after: TICK }, tag(K_TICK, (0, 0)));
-                }
+                // Kept going while stopping too: it bounds the shutdown linger.
+                let _ = self
+                    .ring
+                    .push(Op::Timeout { after: TICK }, tag(K_TICK, (0, 0)));
             }
             K_CRECV => self.on_client_recv(r, c),
             K_CSEND => self.on_client_sent(r, c),
@@ -351,7 +362,17 @@ impl Worker {
                         self.process_client(r);
                     }
                 }
-                ToWorker::Shutdown => self.stopping = true,
+                ToWorker::Shutdown => {
+                    self.stopping = true;
+                    // Requests parked for a child will not get one: say so.
+                    let parked: Vec<Ref> = self.waiting.drain().flat_map(|(_, v)| v).collect();
+                    for r in parked {
+                        if self.client_ok(r) {
+                            self.clients[r.0].keep_alive = false;
+                            self.respond_error(r, &ProxyError::ShuttingDown);
+                        }
+                    }
+                }
             }
         }
     }

@@ -50,12 +50,26 @@ def demo_tool(rm, key, name, args=None, extra="", client=None):
     return 200, res.get("structuredContent") or res["content"][0]["text"]
 
 
+def comm(pid) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def pooled_pids(rm) -> list[int]:
+    """Pre-forked children of the ringmux_fork helper waiting for a rollout."""
+    return [p for p in children_of(rm.pid) if comm(p) == "rmx-pooled"]
+
+
 def fork_server_pid(rm) -> int | None:
-    """The child of ringmux whose cwd is the fork server's directory."""
+    """The child of ringmux whose cwd is the fork server's directory (and
+    that is not a pre-forked child, which starts there too)."""
     want = os.path.join(rm.instance_dir, "_forkserver")
     for p in children_of(rm.pid):
         try:
-            if os.readlink(f"/proc/{p}/cwd") == want:
+            if os.readlink(f"/proc/{p}/cwd") == want and comm(p) != "rmx-pooled":
                 return p
         except OSError:
             pass
@@ -309,4 +323,85 @@ def test_churn_200_rollouts_10_percent_crashing_leaves_nothing(ringmux_factory):
     assert dir_entries(rm.instance_dir) == ["_forkserver"]
     assert [p for p in procs_with_cwd_under(rm.instance_dir) if p != zygote] == []
     wait_until(lambda: rm.fd_count() <= fd0, 5, what=f"fd count back to {fd0} (now {rm.fd_count()})")
+    rm.stop()
+
+
+@pytest.mark.timeout(60)
+def test_close_while_the_fork_server_has_not_answered_waits_then_cleans(ringmux_factory):
+    """A close for a key whose spawn is still with the fork server is answered
+    once that spawn has ended (here: the fork server never answers, so at
+    --fork-timeout), and its directory is gone by then."""
+    rm = ringmux_factory(cmd=[*BAD, "silent"], args=["--fork", "--fork-timeout", "1s"])
+    time.sleep(0.3)
+    got = {}
+
+    def first():
+        got["r"] = rm.post("/mcp", "pending", json=rpc("tools/list"), headers=ACCEPT)
+
+    t = threading.Thread(target=first)
+    t.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    assert rm.close_key("pending").text == "closed"
+    assert 0.3 < time.monotonic() - t0 < 5
+    t.join(10)
+    assert got["r"].status_code == 504
+    assert not os.path.exists(rm.child_dir("pending"))
+    rm.stop()
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_with_a_spawn_in_flight_answers_and_leaves_nothing(ringmux_factory):
+    rm = ringmux_factory(cmd=[*BAD, "silent"], args=["--fork", "--fork-timeout", "30s"])
+    time.sleep(0.3)
+    got = {}
+
+    def first():
+        got["r"] = rm.post("/mcp", "inflight", json=rpc("tools/list"), headers=ACCEPT)
+
+    t = threading.Thread(target=first)
+    t.start()
+    wait_until(lambda: os.path.exists(rm.child_dir("inflight")), 5, what="the spawn to be asked for")
+    rm.stop()  # asserts exit 0, no process, no directory
+    t.join(10)
+    assert got["r"].status_code == 503, got["r"].text
+
+
+@pytest.mark.timeout(60)
+def test_max_children_counts_spawns_the_fork_server_has_not_answered(ringmux_factory):
+    rm = ringmux_factory(cmd=[*BAD, "silent"], args=["--fork", "--fork-timeout", "3s", "--max-children", "1"])
+    time.sleep(0.3)
+    got = {}
+
+    def first():
+        got["r"] = rm.post("/mcp", "one", json=rpc("tools/list"), headers=ACCEPT)
+
+    t = threading.Thread(target=first)
+    t.start()
+    wait_until(lambda: os.path.exists(rm.child_dir("one")), 5, what="the first spawn to be asked for")
+    r = rm.post("/mcp", "two", json=rpc("tools/list"), headers=ACCEPT)
+    assert r.status_code == 503 and "capacity" in r.text, (r.status_code, r.text)
+    t.join(10)
+    rm.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_pooled_child_that_dies_is_reaped_and_replaced(ringmux_factory):
+    """The helper keeps --pool N children pre-forked (children of ringmux);
+    one that dies before it is handed a rollout is handed back to ringmux
+    (`orphan`) and reaped, never a zombie, and the pool is refilled."""
+    rm = ringmux_factory(cmd=[*FORK_CHILD, "--pool", "2"], args=["--fork", "--admin", "127.0.0.1:0"])
+    wait_until(lambda: len(pooled_pids(rm)) == 2, 20, what="two pre-forked children")
+    victim = pooled_pids(rm)[0]
+    os.kill(victim, signal.SIGKILL)
+    rm.wait_metric("ringmux_orphans_reaped_total", lambda v: v >= 1, timeout=10)
+    wait_until(lambda: not pid_alive(victim) and victim not in children_of(rm.pid, zombies=True), 10,
+               what="the dead pooled child to be reaped")
+    wait_until(lambda: len(pooled_pids(rm)) == 2, 10, what="the pool to be refilled")
+    assert rm.zombies() == []
+    # A rollout takes a pooled child: its pid was in the pool a moment ago.
+    before = set(pooled_pids(rm))
+    who = sdk_call(rm, "pooled", "whoami")
+    assert who["pid"] in before and who["ppid"] == rm.pid and who["cwd"] == rm.child_dir("pooled")
+    assert comm(who["pid"]) != "rmx-pooled"
     rm.stop()
