@@ -18,6 +18,8 @@ mod forkserver;
 mod keys;
 mod spawn;
 mod sweep;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
