@@ -405,3 +405,78 @@ def test_a_pooled_child_that_dies_is_reaped_and_replaced(ringmux_factory):
     assert who["pid"] in before and who["ppid"] == rm.pid and who["cwd"] == rm.child_dir("pooled")
     assert comm(who["pid"]) != "rmx-pooled"
     rm.stop()
+
+
+# --------------------------------------------------------------------------
+# the same failures with the Python helper (official SDK server, pool of 2)
+# --------------------------------------------------------------------------
+@pytest.mark.timeout(90)
+def test_sdk_fork_server_crash_restart_and_sigkill_of_ringmux(ringmux_factory):
+    rm = ringmux_factory(cmd=FORK_CHILD, args=["--fork", "--admin", "127.0.0.1:0"])
+    first = wait_fork_server(rm)
+    assert sdk_call(rm, "live", "warm_set", {"key": "marker", "value": "mine"}) == "ok"
+    child = sdk_call(rm, "live", "whoami")["pid"]
+    wait_until(lambda: len(pooled_pids(rm)) == 2, 20, what="the pool")
+    pool_before = pooled_pids(rm)
+    os.kill(first, signal.SIGKILL)
+    second = wait_fork_server(rm, other_than=first)
+    # The dead fork server's pooled children were reaped, the live rollout serves on.
+    wait_until(lambda: not any(p in children_of(rm.pid) for p in pool_before), 10,
+               what="the old pool to be gone")
+    assert pid_alive(child) and sdk_call(rm, "live", "warm_get")["marker"] == "mine"
+    who = sdk_call(rm, "after", "whoami")
+    assert who["imported_by"] == second
+    assert rm.zombies() == []
+    wait_until(lambda: len(pooled_pids(rm)) == 2, 20, what="the new pool")
+    everyone = [child, who["pid"], second, *pooled_pids(rm)]
+    rm.proc.send_signal(signal.SIGKILL)
+    rm.proc.wait(10)
+    wait_until(lambda: not any(pid_alive(p) for p in everyone), 10,
+               what="the fork server, its pool and every child to die with ringmux")
+
+
+@pytest.mark.timeout(240)
+def test_sdk_churn_200_rollouts_10_percent_crashing_leaves_nothing(ringmux_factory):
+    rm = ringmux_factory(cmd=FORK_CHILD, args=["--fork", "--workers", "2"])
+    run = uuid.uuid4().hex[:6]
+    sdk_call(rm, f"warm-{run}", "whoami")
+    rm.close_key(f"warm-{run}")
+    time.sleep(0.5)
+    fd0 = rm.fd_count()
+
+    async def rollout(i, limit):
+        key = f"sdk-churn-{run}-{i}"
+        async with limit:
+            async with mcp_session(rm.path_url("/mcp", key)) as s:
+                pid = tool_json(await s.call_tool("whoami", {}))["pid"]
+                got = tool_json(await s.call_tool("global_and_file", {"value": key, "sleep_ms": 1}))
+                assert got == {"global": key, "file": key}
+                if i % 10 == 3:
+                    os.kill(pid, signal.SIGKILL)
+            async with httpx.AsyncClient(timeout=30) as c:
+                r = await c.post(rm.path_url("/vf/close", key))
+            assert (r.status_code, r.text) == (200, "closed")
+            assert not pid_alive(pid)
+            return pid
+
+    async def all_of_them():
+        limit = anyio.Semaphore(10)
+        out = []
+
+        async def one(i):
+            out.append(await rollout(i, limit))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(200):
+                tg.start_soon(one, i)
+        return out
+
+    pids = anyio.run(all_of_them)
+    assert len(set(pids)) == 200
+    zygote = fork_server_pid(rm)
+    left = [p for p in children_of(rm.pid) if p != zygote and p not in pooled_pids(rm)]
+    assert left == [], f"rollout children left: {left}"
+    assert rm.zombies() == []
+    assert dir_entries(rm.instance_dir) == ["_forkserver"]
+    wait_until(lambda: rm.fd_count() <= fd0, 5, what=f"fd count back to {fd0} (now {rm.fd_count()})")
+    rm.stop()
