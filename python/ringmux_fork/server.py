@@ -358,20 +358,34 @@ def _setup_done(status) -> None:
     status.close()
 
 
-def _child(fds, msg, ringmux_pid, config, setup_task) -> None:
-    """A child forked at hand-over: becomes the rollout's server."""
+def _start_rollout(fds, msg, ringmux_pid, setup_task, pooled=False):
+    """In a new child: `_become_rollout`, then the hook. Returns the status
+    socket and the hook's awaitable (None unless it is async), which the
+    caller runs in its way; exits (after reporting) if anything fails."""
     status = None
     try:
-        status = _become_rollout(fds, msg, ringmux_pid)
-        if setup_task is not None:
-            r = setup_task(str(msg.get("query", "")))
-            if inspect.isawaitable(r):
-                asyncio.run(r)
+        status = _become_rollout(fds, msg, ringmux_pid, pooled)
+        r = setup_task(str(msg.get("query", ""))) if setup_task is not None else None
+        return status, (r if inspect.isawaitable(r) else None)
     except BaseException as e:  # noqa: BLE001
-        if status is None:
-            traceback.print_exc()
-            os._exit(EXIT_SETUP_FAILED)
-        _setup_failed(status, msg, e)
+        _start_failed(status, msg, e)
+
+
+def _start_failed(status, msg, e) -> None:
+    if status is None:
+        traceback.print_exc()
+        os._exit(EXIT_SETUP_FAILED)
+    _setup_failed(status, msg, e)
+
+
+def _child(fds, msg, ringmux_pid, config, setup_task) -> None:
+    """A child forked at hand-over: becomes the rollout's server."""
+    status, pending = _start_rollout(fds, msg, ringmux_pid, setup_task)
+    if pending is not None:
+        try:
+            asyncio.run(pending)
+        except BaseException as e:  # noqa: BLE001
+            _start_failed(status, msg, e)
     _setup_done(status)
     _run_uvicorn(lambda: __import__("uvicorn").Server(config), [socket.socket(fileno=3)])
 
@@ -416,18 +430,12 @@ def _pooled_child(sock, ringmux_pid, config, setup_task) -> None:
                 msg = json.loads(data)
                 sock.close()
                 clone.set_comm(comm)
-                status = None
-                try:
-                    status = _become_rollout(fds, msg, ringmux_pid, pooled=True)
-                    if setup_task is not None:
-                        r = setup_task(str(msg.get("query", "")))
-                        if inspect.isawaitable(r):
-                            await r
-                except BaseException as e:  # noqa: BLE001
-                    if status is None:
-                        traceback.print_exc()
-                        os._exit(EXIT_SETUP_FAILED)
-                    _setup_failed(status, msg, e)
+                status, pending = _start_rollout(fds, msg, ringmux_pid, setup_task, pooled=True)
+                if pending is not None:
+                    try:
+                        await pending
+                    except BaseException as e:  # noqa: BLE001
+                        _start_failed(status, msg, e)
                 _setup_done(status)
                 await super().startup(sockets=[socket.socket(fileno=3)])
 

@@ -63,6 +63,18 @@ def pooled_pids(rm) -> list[int]:
     return [p for p in children_of(rm.pid) if comm(p) == "rmx-pooled"]
 
 
+def in_background(rm, key) -> tuple[threading.Thread, dict]:
+    """A first request for `key` on a thread; its response lands in the dict."""
+    got = {}
+
+    def run():
+        got["r"] = rm.post("/mcp", key, json=rpc("tools/list"), headers=ACCEPT)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, got
+
+
 def fork_server_pid(rm) -> int | None:
     """The child of ringmux whose cwd is the fork server's directory (and
     that is not a pre-forked child, which starts there too)."""
@@ -333,13 +345,7 @@ def test_close_while_the_fork_server_has_not_answered_waits_then_cleans(ringmux_
     --fork-timeout), and its directory is gone by then."""
     rm = ringmux_factory(cmd=[*BAD, "silent"], args=["--fork", "--fork-timeout", "1s"])
     time.sleep(0.3)
-    got = {}
-
-    def first():
-        got["r"] = rm.post("/mcp", "pending", json=rpc("tools/list"), headers=ACCEPT)
-
-    t = threading.Thread(target=first)
-    t.start()
+    t, got = in_background(rm, "pending")
     time.sleep(0.2)
     t0 = time.monotonic()
     assert rm.close_key("pending").text == "closed"
@@ -354,13 +360,7 @@ def test_close_while_the_fork_server_has_not_answered_waits_then_cleans(ringmux_
 def test_sigterm_with_a_spawn_in_flight_answers_and_leaves_nothing(ringmux_factory):
     rm = ringmux_factory(cmd=[*BAD, "silent"], args=["--fork", "--fork-timeout", "30s"])
     time.sleep(0.3)
-    got = {}
-
-    def first():
-        got["r"] = rm.post("/mcp", "inflight", json=rpc("tools/list"), headers=ACCEPT)
-
-    t = threading.Thread(target=first)
-    t.start()
+    t, got = in_background(rm, "inflight")
     wait_until(lambda: os.path.exists(rm.child_dir("inflight")), 5, what="the spawn to be asked for")
     rm.stop()  # asserts exit 0, no process, no directory
     t.join(10)
@@ -371,13 +371,7 @@ def test_sigterm_with_a_spawn_in_flight_answers_and_leaves_nothing(ringmux_facto
 def test_max_children_counts_spawns_the_fork_server_has_not_answered(ringmux_factory):
     rm = ringmux_factory(cmd=[*BAD, "silent"], args=["--fork", "--fork-timeout", "3s", "--max-children", "1"])
     time.sleep(0.3)
-    got = {}
-
-    def first():
-        got["r"] = rm.post("/mcp", "one", json=rpc("tools/list"), headers=ACCEPT)
-
-    t = threading.Thread(target=first)
-    t.start()
+    t, got = in_background(rm, "one")
     wait_until(lambda: os.path.exists(rm.child_dir("one")), 5, what="the first spawn to be asked for")
     r = rm.post("/mcp", "two", json=rpc("tools/list"), headers=ACCEPT)
     assert r.status_code == 503 and "capacity" in r.text, (r.status_code, r.text)
