@@ -60,6 +60,8 @@ const PAYLOAD: u64 = (1 << 40) - 1;
 /// Heartbeat period of the control loop (its lateness is a metric; deadlines
 /// of the fork server are checked on it).
 const TICK: Duration = Duration::from_millis(10);
+/// Heartbeats between two sweeps for untracked zombie children (1 s).
+const ZOMBIE_SWEEP_TICKS: u64 = 100;
 
 fn tag(kind: u64, payload: u64) -> u64 {
     (kind << KIND_SHIFT) | (payload & PAYLOAD)
@@ -199,6 +201,7 @@ impl Control {
             tracing::warn!(error = %e, "control: no heartbeat timer");
         }
         let mut busy = false;
+        let mut ticks: u64 = 0;
         loop {
             // Wait for a completion unless a cleanup has work ready without one.
             if let Err(e) = self.ring.submit_and_wait(usize::from(!busy)) {
@@ -235,6 +238,10 @@ impl Control {
                         }
                         if self.fork.is_some() {
                             self.fork_tick(now);
+                        }
+                        ticks += 1;
+                        if ticks % ZOMBIE_SWEEP_TICKS == 0 {
+                            self.reap_untracked_zombies();
                         }
                         if let Err(e) = self.arm_tick() {
                             tracing::warn!(error = %e, "control: cannot re-arm heartbeat");

@@ -1,8 +1,9 @@
 //! What others left behind, and the cleanup threads' priority: directories
 //! of dead ringmux instances (found by `flock`, never by age), untracked
 //! child processes of ringmux (a fork server that died between forking a
-//! child and reporting it), and the renice of the io-wq threads that run
-//! cleanup `UNLINKAT`s.
+//! child and reporting it; zombies nobody reports, or orphans reparented to
+//! ringmux as PID 1), and the renice of the io-wq threads that run cleanup
+//! `UNLINKAT`s.
 
 use std::collections::HashSet;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -47,6 +48,14 @@ fn own_children() -> Vec<u32> {
         }
     }
     out
+}
+
+/// Whether `pid` is a zombie (state `Z` in `/proc/<pid>/stat`).
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
+        .unwrap_or(false)
 }
 
 impl Control {
@@ -146,16 +155,7 @@ impl Control {
     /// dead, linger as a zombie. Called after a dead fork server's channel
     /// has been drained, so every reported child is tracked by then.
     pub(super) fn reap_orphans(&mut self) {
-        let mut tracked: HashSet<u32> = HashSet::new();
-        for st in self.keys.values() {
-            if let KeyState::Running { live, .. } = st {
-                tracked.insert(live.pid);
-            }
-        }
-        if let Some(pid) = self.fork.as_ref().and_then(|f| f.pid()) {
-            tracked.insert(pid);
-        }
-        tracked.extend(self.orphans.iter().map(|(_, (pid, _))| *pid));
+        let tracked = self.tracked_pids();
         for pid in own_children() {
             if tracked.contains(&pid) {
                 continue;
@@ -194,6 +194,45 @@ impl Control {
             );
             self.metrics.orphans_reaped.fetch_add(1, Relaxed);
         }
+    }
+
+    /// Reaps every child of ringmux that is a zombie and that nothing here
+    /// waits for: a pre-forked child that died before the fork server said
+    /// so, one a wedged fork server never reported, or, when ringmux runs as
+    /// PID 1 of a container, any orphan the kernel reparented to it. Only
+    /// zombies: nothing alive is touched. Runs once a second.
+    pub(super) fn reap_untracked_zombies(&mut self) {
+        let tracked = self.tracked_pids();
+        for pid in own_children() {
+            if tracked.contains(&pid) || !is_zombie(pid) {
+                continue;
+            }
+            let Some(p) = rustix::process::Pid::from_raw(pid as i32) else {
+                continue;
+            };
+            let reaped = rustix::process::waitid(
+                rustix::process::WaitId::Pid(p),
+                rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOHANG,
+            );
+            if let Ok(Some(_)) = reaped {
+                self.metrics.orphans_reaped.fetch_add(1, Relaxed);
+                tracing::debug!(pid, "reaped an untracked zombie child");
+            }
+        }
+    }
+
+    fn tracked_pids(&self) -> HashSet<u32> {
+        let mut tracked: HashSet<u32> = HashSet::new();
+        for st in self.keys.values() {
+            if let KeyState::Running { live, .. } = st {
+                tracked.insert(live.pid);
+            }
+        }
+        if let Some(pid) = self.fork.as_ref().and_then(|f| f.pid()) {
+            tracked.insert(pid);
+        }
+        tracked.extend(self.orphans.iter().map(|(_, (pid, _))| *pid));
+        tracked
     }
 
     pub(super) fn on_orphan_reaped(&mut self, slot: usize, result: i32) {

@@ -474,3 +474,16 @@ def test_sdk_churn_200_rollouts_10_percent_crashing_leaves_nothing(ringmux_facto
     assert dir_entries(rm.instance_dir) == ["_forkserver"]
     wait_until(lambda: rm.fd_count() <= fd0, 5, what=f"fd count back to {fd0} (now {rm.fd_count()})")
     rm.stop()
+
+
+@pytest.mark.timeout(60)
+def test_an_unreported_dead_child_of_ringmux_is_reaped(ringmux_factory):
+    """A fork server that forks a child of ringmux and never reports it (here
+    the child exits at once): ringmux's once-a-second sweep reaps the zombie."""
+    rm = ringmux_factory(cmd=[*BAD, "leak"], args=["--fork", "--admin", "127.0.0.1:0"])
+    time.sleep(0.3)
+    r = rm.post("/mcp", "lost", json=rpc("tools/list"), headers=ACCEPT)
+    assert r.status_code == 502 and "lost the child on purpose" in r.text, r.text
+    rm.wait_metric("ringmux_orphans_reaped_total", lambda v: v >= 1, timeout=5)
+    assert rm.zombies() == []
+    rm.stop()

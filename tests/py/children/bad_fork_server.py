@@ -7,6 +7,9 @@
   die_on_spawn reports ready, exits when the first spawn request arrives
   silent       reports ready, never answers spawn requests
   fatal        reports a fatal setup error and exits
+  leak         reports ready; per spawn forks a child of ringmux
+               (CLONE_PARENT) that exits at once, never reports it, and
+               answers with an error: ringmux must still reap the zombie
 
 It writes its pid to $BAD_FORK_SERVER_PIDS (one line per start) so tests can
 count restarts.
@@ -53,6 +56,17 @@ while True:
     if mode == "die_on_spawn":
         os._exit(7)
     if mode == "silent":
+        continue
+    if mode == "leak":
+        from ringmux_fork import clone
+
+        pid, pidfd = clone.fork_into_parent()
+        if pid == 0:
+            os._exit(0)
+        os.close(pidfd)
+        for fd in fds:
+            os.close(fd)
+        send({"type": "error", "id": msg["id"], "error": "lost the child on purpose"})
         continue
     if mode == "os_fork":
         pid = os.fork()
