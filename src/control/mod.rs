@@ -240,7 +240,7 @@ impl Control {
                             self.fork_tick(now);
                         }
                         ticks += 1;
-                        if ticks % ZOMBIE_SWEEP_TICKS == 0 {
+                        if ticks.is_multiple_of(ZOMBIE_SWEEP_TICKS) {
                             self.reap_untracked_zombies();
                         }
                         if let Err(e) = self.arm_tick() {
