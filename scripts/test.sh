@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one command that runs every test (CI calls it).
-#   fmt check, clippy, release build, cargo tests, Python test env, integration tests,
+#   fmt check, clippy, release build, cargo tests, Python test env, integration tests
+#   (with per-child cgroups, then again with --cgroup off),
 #   the official MCP conformance suite direct vs through ringmux (npm, local install).
 # Env: PYTEST_ARGS (extra pytest args), RINGMUX_BIN (binary under test),
 #      RINGMUX_TEST_TIMEOUT (per-test seconds, default 60).
@@ -28,6 +29,11 @@ section "integration tests (pytest tests/py)"
 export RINGMUX_BIN="${RINGMUX_BIN:-$PWD/target/release/ringmux}"
 # shellcheck disable=SC2086
 .venv/bin/python -m pytest -q -p no:cacheprovider tests/py ${PYTEST_ARGS:-}
+
+section "integration tests again with --cgroup off (the process-group fallback)"
+# shellcheck disable=SC2086
+RINGMUX_TEST_ARGS="--cgroup off" .venv/bin/python -m pytest -q -p no:cacheprovider tests/py \
+    --ignore tests/py/test_cgroups.py ${PYTEST_ARGS:-}
 
 section "MCP conformance suite (scripts/conformance.sh)"
 scripts/conformance.sh

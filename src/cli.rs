@@ -135,6 +135,16 @@ pub struct ServeArgs {
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     pub allow_origins: Vec<String>,
 
+    /// Contain each child and everything it starts in a cgroup v2 of its own
+    /// (below ringmux's cgroup), so close, crash, ready timeout and shutdown
+    /// kill all of it (`cgroup.kill`), even processes that left the child's
+    /// process group (setsid daemons, double forks). `auto`: where cgroup v2
+    /// is mounted and ringmux may create cgroups below its own; otherwise
+    /// say so once and fall back to process-group kills. `required`: refuse
+    /// to start without. `off`: process-group kills only.
+    #[arg(long, default_value = "auto", value_name = "auto|required|off")]
+    pub cgroup: crate::cgroup::CgroupMode,
+
     /// Run the built-in demo MCP server as the child (no COMMAND needed).
     #[arg(long, conflicts_with = "command")]
     pub demo: bool,

@@ -49,6 +49,8 @@ pub struct Config {
     pub cleanup_cpus: Option<Vec<usize>>,
     /// Which Origin / Host headers the listener accepts.
     pub origin: OriginPolicy,
+    /// Per-child cgroups.
+    pub cgroup: crate::cgroup::CgroupMode,
 }
 
 /// Invalid flags.
@@ -129,6 +131,7 @@ impl Config {
             cleanup_workers: args.cleanup_workers,
             cleanup_cpus: cleanup_cpus(&args.cleanup_cpus)?,
             origin: OriginPolicy::new(&args.allow_origins, args.listen.ip().is_loopback())?,
+            cgroup: args.cgroup,
         })
     }
 }

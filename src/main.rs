@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 mod admin;
+mod cgroup;
 mod child;
 mod cli;
 mod config;

@@ -111,6 +111,8 @@ pub struct Metrics {
     pub fork_server_ready: AtomicU64,
     /// Processes reparented to ringmux that it killed and reaped.
     pub orphans_reaped: AtomicU64,
+    /// Per-child cgroups that exist (running or draining).
+    pub live_cgroups: AtomicU64,
 }
 
 impl Metrics {
@@ -136,6 +138,7 @@ impl Metrics {
             fork_server_exits: AtomicU64::new(0),
             fork_server_ready: AtomicU64::new(0),
             orphans_reaped: AtomicU64::new(0),
+            live_cgroups: AtomicU64::new(0),
         }
     }
 
@@ -210,6 +213,11 @@ impl Metrics {
             "ringmux_orphans_reaped_total",
             "Untracked child processes of ringmux killed and reaped.",
             self.orphans_reaped.load(Relaxed),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP ringmux_live_cgroups Per-child cgroups that exist (running or draining).\n# TYPE ringmux_live_cgroups gauge\nringmux_live_cgroups {}",
+            self.live_cgroups.load(Relaxed)
         );
         let _ = writeln!(
             o,

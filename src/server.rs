@@ -16,6 +16,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::admin;
+use crate::cgroup::CgroupMode;
 use crate::child::{ExecSpawner, Spawner};
 use crate::config::{ChildCommand, Config};
 use crate::control::{Control, ControlConfig, ForkServerConfig, Maker};
@@ -69,6 +70,12 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         path: cfg.base_dir.clone(),
         source: e.into(),
     })?;
+    let cgroups = instance_cgroup(cfg.cgroup, &instance_dir)?;
+    if cfg.fork.is_some() && cgroups.is_some() {
+        tracing::warn!(
+            "fork mode: forked children are not placed in cgroups yet (process-group kills only)"
+        );
+    }
     let metrics = Arc::new(Metrics::new(cfg.workers));
     let admin = match cfg.admin {
         Some(addr) => {
@@ -127,6 +134,7 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         cleanup_cpus: cfg.cleanup_cpus.clone(),
         base_fd,
         metrics: Arc::clone(&metrics),
+        cgroups,
     };
     let ctl_workers = worker_tx.clone();
     let (ctl_ready_tx, ctl_ready_rx) = mpsc::channel::<Result<(), String>>();
@@ -253,6 +261,41 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
     drop(control_thread);
     drop(workers);
     Ok(())
+}
+
+/// The instance's cgroup, as `--cgroup` asks (named like the instance dir).
+fn instance_cgroup(
+    mode: CgroupMode,
+    instance_dir: &Path,
+) -> Result<Option<crate::cgroup::Tree>, ServerError> {
+    if mode == CgroupMode::Off {
+        tracing::info!("--cgroup off: children are killed by process group; processes that leave it (setsid, daemons) are not contained");
+        return Ok(None);
+    }
+    let name = instance_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match crate::cgroup::Tree::create(&name) {
+        Ok(t) => {
+            let controllers =
+                std::fs::read_to_string(t.path.join("cgroup.controllers")).unwrap_or_default();
+            let controllers = controllers.trim();
+            tracing::info!(cgroup = %t.path.display(),
+                controllers = if controllers.is_empty() { "none" } else { controllers },
+                "one cgroup per child: close, crash and shutdown kill everything a rollout started");
+            Ok(Some(t))
+        }
+        Err(e) if mode == CgroupMode::Auto => {
+            tracing::warn!(error = %e,
+                "no usable cgroup v2 hierarchy: falling back to process-group kills; processes that leave a child's process group (setsid, daemons) are not contained (see README, Containment)");
+            Ok(None)
+        }
+        Err(e) => Err(ServerError::Setup {
+            what: "--cgroup required",
+            source: std::io::Error::other(e.to_string()),
+        }),
+    }
 }
 
 /// Binds one `SO_REUSEPORT` listener per worker on the same address (the first

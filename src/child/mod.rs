@@ -40,12 +40,14 @@ pub enum SpawnError {
 /// Creates one child process per rollout.
 pub trait Spawner: Send {
     /// Starts a child in `dir` serving on `listener` (bound to `addr`), which
-    /// becomes the child's fd 3. Called on the control thread only.
+    /// becomes the child's fd 3, inside the cgroup whose `cgroup.procs` is
+    /// `cgroup` (if any). Called on the control thread only.
     fn spawn(
         &mut self,
         dir: &Path,
         listener: &TcpListener,
         addr: SocketAddr,
+        cgroup: Option<BorrowedFd<'_>>,
     ) -> Result<Spawned, SpawnError>;
 }
 
@@ -68,6 +70,7 @@ impl Spawner for ExecSpawner {
         dir: &Path,
         listener: &TcpListener,
         addr: SocketAddr,
+        cgroup: Option<BorrowedFd<'_>>,
     ) -> Result<Spawned, SpawnError> {
         start_process(
             &self.argv,
@@ -77,19 +80,22 @@ impl Spawner for ExecSpawner {
                 ("LISTEN_FDS", "1".to_string()),
                 ("RINGMUX_CHILD_ADDR", addr.to_string()),
             ],
+            cgroup,
         )
     }
 }
 
 /// Starts `argv` in `dir` with `fd3` as its fd 3 and `env` added: stdin
 /// `/dev/null`, its own process group, every other ringmux fd closed, killed
-/// when ringmux dies; returns its pid and pidfd (it is never waited for here:
-/// the control ring reaps it).
+/// when ringmux dies, inside the cgroup of `cgroup` (its `cgroup.procs`) if
+/// given; returns its pid and pidfd (it is never waited for here: the
+/// control ring reaps it).
 pub fn start_process(
     argv: &[OsString],
     dir: &Path,
     fd3: BorrowedFd<'_>,
     env: &[(&str, String)],
+    cgroup: Option<BorrowedFd<'_>>,
 ) -> Result<Spawned, SpawnError> {
     let Some((prog, args)) = argv.split_first() else {
         return Err(SpawnError::Exec(std::io::Error::new(
@@ -109,7 +115,7 @@ pub fn start_process(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    sys::prepare_child(&mut cmd, fd3);
+    sys::prepare_child(&mut cmd, fd3, cgroup);
     let mut child = cmd.spawn().map_err(SpawnError::Exec)?;
     let pid = child.id();
     let pidfd = match sys::pidfd_open(pid) {

@@ -17,17 +17,25 @@ pub const LISTEN_FD: i32 = 3;
 /// listening socket, or a fork server's channel) as fd 3 (without
 /// `FD_CLOEXEC`), mark every other fd above 3 close-on-exec, and die with
 /// `SIGKILL` when the spawning thread (the control thread, which lives as long
-/// as ringmux) dies.
-pub fn prepare_child(cmd: &mut Command, fd3: BorrowedFd<'_>) {
+/// as ringmux) dies. With `cgroup_procs` (a cgroup's `cgroup.procs`, open
+/// for writing), it first enters that cgroup, so nothing it runs is ever
+/// outside it.
+pub fn prepare_child(cmd: &mut Command, fd3: BorrowedFd<'_>, cgroup_procs: Option<BorrowedFd<'_>>) {
     let fd = fd3.as_raw_fd();
+    let cg = cgroup_procs.map_or(-1, |c| c.as_raw_fd());
     // SAFETY: getppid is always safe; we read it in the parent so the child can
     // detect a parent that died before PR_SET_PDEATHSIG took effect.
     let parent = unsafe { libc::getpid() };
     let hook = move || -> io::Result<()> {
         // Only async-signal-safe syscalls below: we are in a forked copy of a
         // multi-threaded process.
-        // SAFETY: plain syscalls on integer arguments; no memory is shared.
+        // SAFETY: plain syscalls on integer arguments and a static buffer; no
+        // memory is shared.
         unsafe {
+            if cg >= 0 && libc::write(cg, b"0".as_ptr().cast(), 1) != 1 {
+                // Never run a child outside its cgroup.
+                return Err(io::Error::last_os_error());
+            }
             if fd == LISTEN_FD {
                 let flags = libc::fcntl(fd, libc::F_GETFD);
                 if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
@@ -66,8 +74,9 @@ pub fn prepare_child(cmd: &mut Command, fd3: BorrowedFd<'_>) {
         }
         Ok(())
     };
-    // SAFETY: the hook only makes async-signal-safe syscalls (fcntl, dup2,
-    // close_range, prctl, getppid, _exit) and touches no shared memory or locks.
+    // SAFETY: the hook only makes async-signal-safe syscalls (write, fcntl,
+    // dup2, close_range, prctl, getppid, _exit) and touches no shared memory
+    // or locks.
     unsafe {
         cmd.pre_exec(hook);
     }

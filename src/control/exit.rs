@@ -22,6 +22,13 @@ use super::{tag, ActiveCleanup, Control, K_IGNORE, K_UNLINK};
 pub(super) fn kill(live: &mut Live, why: ExitCause) {
     live.killed = Some(why);
     live.child.mark_dead();
+    if let Some(cg) = &live.cgroup {
+        // Everything the child started, wherever it moved in the process
+        // tree (setsid, double forks), dies with it.
+        if let Err(e) = cg.kill() {
+            tracing::warn!(pid = live.pid, cgroup = %cg.name, error = %e, "cgroup.kill failed");
+        }
+    }
     if let Err(e) = rustix::process::pidfd_send_signal(&live.pidfd, rustix::process::Signal::KILL) {
         // ESRCH: it already exited and was reaped; its pid may belong to
         // someone else now, so no group kill by number either.
@@ -136,7 +143,7 @@ impl Control {
             return;
         };
         let Some(KeyState::Running {
-            live,
+            mut live,
             closers,
             acquirers,
         }) = self.keys.remove(&key)
@@ -179,14 +186,31 @@ impl Control {
         } else {
             tracing::info!(key = %label, pid = live.pid, %how, "child stopped");
         }
-        drop(live.pidfd);
-        if self.cfg.keep_failed_dirs
+        let post_mortem = self.cfg.keep_failed_dirs
             && matches!(
                 cause,
                 ExitCause::Crashed | ExitCause::ReadyTimeout | ExitCause::SetupFailed
-            )
-            && self.keep_for_post_mortem(key, child_id)
-        {
+            );
+        let cgroup = live.cgroup.take();
+        drop(live);
+        match cgroup {
+            // Whatever else ran in its cgroup goes first.
+            Some(cg) => self.drain(key, child_id, cg, post_mortem, closers, acquirers),
+            None => self.child_gone(key, child_id, post_mortem, closers, acquirers),
+        }
+    }
+
+    /// A child and everything it started are gone: keep its directory for a
+    /// post-mortem or remove it.
+    pub(super) fn child_gone(
+        &mut self,
+        key: RouteKey,
+        child_id: u64,
+        post_mortem: bool,
+        closers: Vec<(usize, u64)>,
+        acquirers: Waiting,
+    ) {
+        if post_mortem && self.keep_for_post_mortem(key, child_id) {
             self.finish_teardown(key, closers, acquirers);
             return;
         }

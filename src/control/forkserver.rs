@@ -169,7 +169,7 @@ impl Control {
                 (ENV_PROTOCOL, PROTOCOL_VERSION.to_string()),
                 (ENV_RINGMUX_PID, std::process::id().to_string()),
             ];
-            let spawned = start_process(&fs.cfg.argv, &fs.dir, theirs.as_fd(), &env)
+            let spawned = start_process(&fs.cfg.argv, &fs.dir, theirs.as_fd(), &env, None)
                 .map_err(|e| e.to_string())?;
             Ok(Process {
                 pid: spawned.pid,

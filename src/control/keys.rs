@@ -57,6 +57,8 @@ pub(super) struct Live {
     pub killed: Option<ExitCause>,
     /// A forked child's status socket, until its setup result came.
     pub status: Option<OwnedFd>,
+    /// Its cgroup, when ringmux uses cgroups.
+    pub cgroup: Option<crate::cgroup::ChildCgroup>,
     /// Its per-rollout setup reported failure.
     pub setup_failed: bool,
 }
@@ -71,6 +73,18 @@ pub(super) enum KeyState {
     /// A child is running (or dying: `killed`).
     Running {
         live: Live,
+        closers: Vec<(usize, u64)>,
+        acquirers: Waiting,
+    },
+    /// Its child is reaped; what else ran in its cgroup was killed and is
+    /// not gone yet (nothing may start in its directory before).
+    Draining {
+        child_id: u64,
+        cgroup: crate::cgroup::ChildCgroup,
+        /// `cgroup.events`, read to see it empty, polled for changes.
+        events: OwnedFd,
+        /// Keep its directory for a post-mortem (`--keep-failed-dirs`).
+        post_mortem: bool,
         closers: Vec<(usize, u64)>,
         acquirers: Waiting,
     },
@@ -105,7 +119,11 @@ impl Control {
                     self.reply(worker, ToWorker::Ready { key, child });
                 }
             }
-            Some(KeyState::Starting { acquirers, .. } | KeyState::Teardown { acquirers, .. }) => {
+            Some(
+                KeyState::Starting { acquirers, .. }
+                | KeyState::Draining { acquirers, .. }
+                | KeyState::Teardown { acquirers, .. },
+            ) => {
                 acquirers.add(worker, query);
             }
             None => {
@@ -135,9 +153,11 @@ impl Control {
                 }
             }
             // A starting child is killed as soon as it exists.
-            Some(KeyState::Starting { closers, .. } | KeyState::Teardown { closers, .. }) => {
-                closers.push((worker, token))
-            }
+            Some(
+                KeyState::Starting { closers, .. }
+                | KeyState::Draining { closers, .. }
+                | KeyState::Teardown { closers, .. },
+            ) => closers.push((worker, token)),
         }
     }
 

@@ -10,9 +10,11 @@
 //! machine (which is also the per-directory fork lock); `spawn` making and
 //! publishing children; `exit` their end, post-mortem and teardown;
 //! `forkserver` the zygote's life and protocol; `sweep` what a dead instance
-//! or a dead fork server left behind, and the cleanup threads' priority.
+//! or a dead fork server left behind, and the cleanup threads' priority;
+//! `drain` a finished child's cgroup until nothing runs in it.
 
 pub mod cleanup;
+mod drain;
 mod exit;
 mod forkserver;
 mod keys;
@@ -40,6 +42,7 @@ use cleanup::{Cleanup, DIR_BIT};
 use forkserver::ForkServer;
 pub use forkserver::ForkServerConfig;
 use keys::KeyState;
+pub use sweep::is_instance_dir_name;
 
 const KIND_SHIFT: u32 = 56;
 const K_INBOX: u64 = 1;
@@ -56,6 +59,8 @@ const K_FS_CHAN: u64 = 8;
 const K_STATUS: u64 = 9;
 /// An untracked child of ringmux was reaped (payload: orphan slot).
 const K_ORPHAN: u64 = 10;
+/// A draining cgroup's `cgroup.events` changed (payload: child id).
+const K_CG_EVENTS: u64 = 11;
 const PAYLOAD: u64 = (1 << 40) - 1;
 /// Heartbeat period of the control loop (its lateness is a metric; deadlines
 /// of the fork server are checked on it).
@@ -96,6 +101,8 @@ pub struct ControlConfig {
     pub base_fd: OwnedFd,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// This instance's cgroup (`None`: no cgroups, process-group kills).
+    pub cgroups: Option<crate::cgroup::Tree>,
 }
 
 struct ActiveCleanup {
@@ -122,6 +129,8 @@ pub struct Control {
     cleanups: Slab<ActiveCleanup>,
     /// Untracked children of ringmux being reaped: (pid, pidfd).
     orphans: Slab<(u32, OwnedFd)>,
+    /// Cgroups of dead instances, killed, removed once empty.
+    stale_cgroups: Vec<(PathBuf, OwnedFd)>,
     next_child_id: u64,
     live: usize,
     shutdown: Option<mpsc::Sender<()>>,
@@ -179,6 +188,7 @@ impl Control {
             by_child: HashMap::new(),
             cleanups: Slab::new(),
             orphans: Slab::new(),
+            stale_cgroups: Vec::new(),
             next_child_id: 1,
             live: 0,
             shutdown: None,
@@ -193,6 +203,7 @@ impl Control {
             return;
         }
         self.sweep_stale_instances();
+        self.sweep_stale_cgroups();
         if self.fork.is_some() {
             self.fork_start();
         }
@@ -243,6 +254,7 @@ impl Control {
                         if ticks.is_multiple_of(ZOMBIE_SWEEP_TICKS) {
                             self.reap_untracked_zombies();
                         }
+                        self.check_draining_cgroups();
                         if let Err(e) = self.arm_tick() {
                             tracing::warn!(error = %e, "control: cannot re-arm heartbeat");
                         }
@@ -263,6 +275,7 @@ impl Control {
                     K_FS_CHAN => self.on_fork_channel(payload),
                     K_STATUS => self.on_child_status(payload),
                     K_ORPHAN => self.on_orphan_reaped(payload as usize, c.result),
+                    K_CG_EVENTS => self.on_cgroup_event(payload),
                     _ => {}
                 }
             }
@@ -274,6 +287,12 @@ impl Control {
                     && self.orphans.is_empty()
                     && fork_gone
                 {
+                    if let Some(t) = &self.cfg.cgroups {
+                        if let Err(e) = t.remove() {
+                            tracing::warn!(error = %e, cgroup = %t.path.display(),
+                                "could not remove the instance cgroup");
+                        }
+                    }
                     if let Err(e) = std::fs::remove_dir(&self.cfg.instance_dir) {
                         tracing::warn!(error = %e, dir = %self.cfg.instance_dir.display(),
                             "could not remove instance directory");

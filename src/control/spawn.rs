@@ -70,14 +70,32 @@ impl Control {
             }
             return;
         }
+        let cgroup = match self
+            .cfg
+            .cgroups
+            .as_ref()
+            .map(|t| t.child(&format!("{label}-{id}")))
+        {
+            None => None,
+            Some(Ok(cg)) => Some(cg),
+            Some(Err(e)) => {
+                let _ = std::fs::remove_dir(&dir);
+                self.spawn_failed(key, acquirers, format!("creating its cgroup: {e}"));
+                return;
+            }
+        };
         let Some(spawner) = self.spawner.as_mut() else {
             return;
         };
         let t0 = std::time::Instant::now();
-        let spawned = match spawner.spawn(&dir, &listener, addr) {
+        let spawned = match spawner.spawn(&dir, &listener, addr, cgroup.as_ref().map(|c| c.procs()))
+        {
             Ok(s) => s,
             Err(e) => {
                 let _ = std::fs::remove_dir(&dir);
+                if let Some(cg) = cgroup {
+                    let _ = cg.remove();
+                }
                 self.spawn_failed(key, acquirers, e.to_string());
                 return;
             }
@@ -86,7 +104,11 @@ impl Control {
         // it now, so if the child dies, queued connections are reset at once.
         drop(listener);
         match self.watch(id, addr, spawned.pid, spawned.pidfd, None) {
-            Ok(live) => {
+            Ok(mut live) => {
+                if cgroup.is_some() {
+                    self.metrics.live_cgroups.fetch_add(1, Relaxed);
+                }
+                live.cgroup = cgroup;
                 tracing::info!(key = %label, pid = live.pid, child = id, %addr,
                     spawn_ms = t0.elapsed().as_secs_f64() * 1000.0, "child spawned");
                 self.ports.insert(addr.port());
@@ -94,6 +116,10 @@ impl Control {
             }
             Err(msg) => {
                 let _ = std::fs::remove_dir_all(&dir);
+                if let Some(cg) = cgroup {
+                    let _ = cg.kill();
+                    let _ = cg.remove();
+                }
                 self.spawn_failed(key, acquirers, msg);
             }
         }
@@ -158,6 +184,7 @@ impl Control {
             killed: None,
             status,
             setup_failed: false,
+            cgroup: None,
         })
     }
 

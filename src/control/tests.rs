@@ -28,8 +28,10 @@ impl Spawner for FakeSpawner {
         dir: &Path,
         listener: &TcpListener,
         _addr: SocketAddr,
+        cgroup: Option<std::os::fd::BorrowedFd<'_>>,
     ) -> Result<Spawned, SpawnError> {
-        let s = start_process(&["sleep".into(), "60".into()], dir, listener.as_fd(), &[])?;
+        let argv = ["sleep".into(), "60".into()];
+        let s = start_process(&argv, dir, listener.as_fd(), &[], cgroup)?;
         self.log
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -82,6 +84,7 @@ impl Harness {
             cleanup_cpus: None,
             base_fd: open(&base),
             metrics: Arc::new(Metrics::new(1)),
+            cgroups: None,
         };
         let (ctl, ctl_in) = mailbox::<ToControl>().expect("mailbox");
         let (w_tx, inbox) = mailbox::<ToWorker>().expect("mailbox");

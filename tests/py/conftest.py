@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -253,6 +254,13 @@ class Ringmux:
             )
         argv = [str(RINGMUX_BIN), "serve", "--listen", "127.0.0.1:0", "--base-dir", str(self.base_dir)]
         argv += self.args
+        # RINGMUX_TEST_ARGS="--flag value ...": added to every instance unless
+        # the test sets that flag itself (scripts/test.sh runs the suite again
+        # with --cgroup off: the fallback must pass it too).
+        extra = shlex.split(os.environ.get("RINGMUX_TEST_ARGS", ""))
+        for flag, value in zip(extra[::2], extra[1::2]):
+            if flag not in self.args:
+                argv += [flag, value]
         if self.demo:
             argv.append("--demo")
         if self.cmd:

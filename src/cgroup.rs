@@ -1,0 +1,389 @@
+//! The cgroup v2 subtree one ringmux instance owns: where the hierarchy is
+//! (from `/proc/self/mountinfo` and `/proc/self/cgroup`, never assumed), the
+//! instance's cgroup `<own cgroup>/ringmux-<pid>-<nonce>` (held with `flock`
+//! for the instance's life, so a later instance can tell a dead owner's
+//! cgroups from a live one's, as with directories), one cgroup per child
+//! below it, and the few file operations on them: join (`cgroup.procs`),
+//! kill everything inside (`cgroup.kill`), emptiness (`cgroup.events`),
+//! removal (`rmdir`). Plain file I/O on cgroupfs: each call is one short,
+//! non-blocking kernel operation.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags};
+
+/// `--cgroup`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupMode {
+    /// Use cgroups where possible; otherwise say so once and fall back to
+    /// process-group kills.
+    Auto,
+    /// Refuse to start without a usable cgroup v2 hierarchy.
+    Required,
+    /// Never use cgroups.
+    Off,
+}
+
+impl std::str::FromStr for CgroupMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(CgroupMode::Auto),
+            "required" => Ok(CgroupMode::Required),
+            "off" => Ok(CgroupMode::Off),
+            _ => Err(format!("--cgroup must be auto, required or off, not {s:?}")),
+        }
+    }
+}
+
+/// Why no cgroup could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// No cgroup2 filesystem in `/proc/self/mountinfo`.
+    #[error("no cgroup v2 hierarchy is mounted (none in /proc/self/mountinfo)")]
+    NotMounted,
+    /// `/proc/self/cgroup` has no `0::` line.
+    #[error("this process is in no cgroup v2 cgroup (no 0:: line in /proc/self/cgroup)")]
+    NoOwnCgroup,
+    /// Our cgroup is not visible through the mount (another namespace).
+    #[error("our cgroup {own} is not below the cgroup2 mount's root {root}")]
+    Outside {
+        /// From /proc/self/cgroup.
+        own: String,
+        /// The mount's root.
+        root: String,
+    },
+    /// Creating or opening a cgroup failed (permission, delegation).
+    #[error("cannot create cgroups below {path}: {source}")]
+    Create {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The kernel lacks `cgroup.kill` (Linux < 5.14).
+    #[error("{0} has no cgroup.kill (needs Linux >= 5.14)")]
+    NoKill(PathBuf),
+}
+
+/// The mount point and mount root of the cgroup2 filesystem, from
+/// `/proc/self/mountinfo` text (fields: id parent dev root mountpoint opts
+/// ... - fstype source superopts).
+pub fn parse_mountinfo(text: &str) -> Option<(PathBuf, String)> {
+    for line in text.lines() {
+        let (pre, post) = line.split_once(" - ")?;
+        if post.split_whitespace().next() != Some("cgroup2") {
+            continue;
+        }
+        let f: Vec<&str> = pre.split_whitespace().collect();
+        if f.len() >= 5 {
+            return Some((PathBuf::from(unescape(f[4])), unescape(f[3])));
+        }
+    }
+    None
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The cgroup v2 path of this process, from `/proc/self/cgroup` text.
+pub fn parse_proc_cgroup(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| p.trim_end_matches(" (deleted)").to_string())
+}
+
+/// Our own cgroup's directory: the mount point plus our path relative to
+/// the mount's root.
+fn own_dir(mount: &Path, root: &str, own: &str) -> Result<PathBuf, CgroupError> {
+    let rel = if root == "/" {
+        own.trim_start_matches('/')
+    } else {
+        match own.strip_prefix(root) {
+            Some(r) if r.is_empty() || r.starts_with('/') => r.trim_start_matches('/'),
+            _ => {
+                return Err(CgroupError::Outside {
+                    own: own.into(),
+                    root: root.into(),
+                })
+            }
+        }
+    };
+    Ok(if rel.is_empty() {
+        mount.to_path_buf()
+    } else {
+        mount.join(rel)
+    })
+}
+
+fn open_dir(p: &Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        p,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+fn write_at(dir: BorrowedFd<'_>, name: &str, value: &[u8]) -> io::Result<()> {
+    let fd = rustix::fs::openat(dir, name, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
+    let mut f = fs::File::from(fd);
+    f.write_all(value)
+}
+
+/// Whether `cgroup.events` in `dir` says something still runs inside.
+pub fn populated(dir: BorrowedFd<'_>) -> io::Result<bool> {
+    let fd = rustix::fs::openat(
+        dir,
+        "cgroup.events",
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let text = io::read_to_string(fs::File::from(fd))?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("populated "))
+        .is_some_and(|v| v.trim() != "0"))
+}
+
+/// Whether the `cgroup.events` file open at `events` says something still
+/// runs inside; reading re-arms its poll notification.
+pub fn populated_events(events: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut buf = [0u8; 256];
+    let n = rustix::io::pread(events, &mut buf, 0)?;
+    let text = String::from_utf8_lossy(&buf[..n]);
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("populated "))
+        .is_some_and(|v| v.trim() != "0"))
+}
+
+/// Kills every process in the cgroup at `dir` and below (`cgroup.kill`).
+pub fn kill(dir: BorrowedFd<'_>) -> io::Result<()> {
+    write_at(dir, "cgroup.kill", b"1")
+}
+
+/// This instance's cgroup.
+#[derive(Debug)]
+pub struct Tree {
+    /// Its directory.
+    pub path: PathBuf,
+    /// Its parent (our own cgroup), where other instances' cgroups live.
+    pub parent: PathBuf,
+    /// Open and `flock`ed for the instance's life (never read: holding it is
+    /// the point).
+    _lock: OwnedFd,
+}
+
+impl Tree {
+    /// Finds the hierarchy and creates `<own cgroup>/<name>`.
+    pub fn create(name: &str) -> Result<Tree, CgroupError> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let (mount, root) = parse_mountinfo(&mountinfo).ok_or(CgroupError::NotMounted)?;
+        let own = parse_proc_cgroup(&fs::read_to_string("/proc/self/cgroup").unwrap_or_default())
+            .ok_or(CgroupError::NoOwnCgroup)?;
+        let parent = own_dir(&mount, &root, &own)?;
+        let path = parent.join(name);
+        let create = |source| CgroupError::Create {
+            path: parent.clone(),
+            source,
+        };
+        fs::create_dir(&path).map_err(create)?;
+        let fd = match open_dir(&path) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = fs::remove_dir(&path);
+                return Err(create(e));
+            }
+        };
+        if let Err(e) = rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        {
+            let _ = fs::remove_dir(&path);
+            return Err(create(e.into()));
+        }
+        if !path.join("cgroup.kill").exists() {
+            let _ = fs::remove_dir(&path);
+            return Err(CgroupError::NoKill(path));
+        }
+        Ok(Tree {
+            path,
+            parent,
+            _lock: fd,
+        })
+    }
+
+    /// Creates the cgroup of one child.
+    pub fn child(&self, name: &str) -> io::Result<ChildCgroup> {
+        let path = self.path.join(name);
+        fs::create_dir(&path)?;
+        let made = (|| {
+            let dir = open_dir(&path)?;
+            let procs = rustix::fs::openat(
+                &dir,
+                "cgroup.procs",
+                OFlags::WRONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            Ok::<_, io::Error>((dir, procs))
+        })();
+        match made {
+            Ok((dir, procs)) => Ok(ChildCgroup {
+                path,
+                name: name.to_string(),
+                dir,
+                procs,
+            }),
+            Err(e) => {
+                let _ = fs::remove_dir(&path);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the (empty) instance cgroup.
+    pub fn remove(&self) -> io::Result<()> {
+        fs::remove_dir(&self.path)
+    }
+
+    /// Cgroups of dead instances beside ours (`ringmux-<pid>-<hex>` whose
+    /// `flock` we can take), each opened and locked by us.
+    pub fn stale(&self) -> Vec<(PathBuf, OwnedFd)> {
+        let own = self.path.file_name().map(|n| n.to_owned());
+        let mut out = Vec::new();
+        let Ok(entries) = fs::read_dir(&self.parent) else {
+            return out;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if Some(&name) == own.as_ref()
+                || !crate::control::is_instance_dir_name(&name.to_string_lossy())
+            {
+                continue;
+            }
+            let Ok(fd) = open_dir(&e.path()) else {
+                continue;
+            };
+            if rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
+            {
+                out.push((e.path(), fd));
+            }
+        }
+        out
+    }
+}
+
+/// Removes an emptied cgroup subtree, leaves first.
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    if let Ok(entries) = fs::read_dir(path) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path())?;
+            }
+        }
+    }
+    fs::remove_dir(path)
+}
+
+/// One child's cgroup.
+#[derive(Debug)]
+pub struct ChildCgroup {
+    /// Its directory.
+    pub path: PathBuf,
+    /// Its name (logs, metrics: never a key).
+    pub name: String,
+    dir: OwnedFd,
+    procs: OwnedFd,
+}
+
+impl ChildCgroup {
+    /// Its `cgroup.procs`, open for writing: a new process writes `0` there
+    /// to enter the cgroup before it runs code of its own.
+    pub fn procs(&self) -> BorrowedFd<'_> {
+        self.procs.as_fd()
+    }
+
+    /// Kills everything inside.
+    pub fn kill(&self) -> io::Result<()> {
+        kill(self.dir.as_fd())
+    }
+
+    /// Its `cgroup.events`, open for reading and polling (`POLLPRI` fires
+    /// when it changes after the last read).
+    pub fn events(&self) -> io::Result<OwnedFd> {
+        Ok(rustix::fs::openat(
+            &self.dir,
+            "cgroup.events",
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?)
+    }
+
+    /// Removes it (it must be empty).
+    pub fn remove(self) -> io::Result<()> {
+        fs::remove_dir(&self.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cgroup2_mount_among_v1_ones() {
+        let text = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+            32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
+            41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            parse_mountinfo(text),
+            Some((PathBuf::from("/sys/fs/cgroup/unified"), "/".to_string()))
+        );
+        assert_eq!(parse_mountinfo("1 0 0:1 / / rw - ext4 /dev/sda rw\n"), None);
+        let escaped = "41 31 0:38 /a /my\\040cg rw shared:1 - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            parse_mountinfo(escaped),
+            Some((PathBuf::from("/my cg"), "/a".to_string()))
+        );
+    }
+
+    #[test]
+    fn own_cgroup_relative_to_the_mount_root() {
+        assert_eq!(
+            parse_proc_cgroup("4:memory:/x\n0::/system.slice/r.service\n").as_deref(),
+            Some("/system.slice/r.service")
+        );
+        assert_eq!(parse_proc_cgroup("4:memory:/x\n"), None);
+        let m = Path::new("/sys/fs/cgroup");
+        assert_eq!(
+            own_dir(m, "/", "/").expect("root"),
+            PathBuf::from("/sys/fs/cgroup")
+        );
+        assert_eq!(
+            own_dir(m, "/", "/a/b").expect("a/b"),
+            PathBuf::from("/sys/fs/cgroup/a/b")
+        );
+        assert_eq!(
+            own_dir(m, "/a", "/a/b").expect("b"),
+            PathBuf::from("/sys/fs/cgroup/b")
+        );
+        assert!(own_dir(m, "/a", "/ab").is_err());
+        assert!("auto".parse::<CgroupMode>().is_ok() && "x".parse::<CgroupMode>().is_err());
+    }
+}
