@@ -320,6 +320,20 @@ impl ChildCgroup {
         self.procs.as_fd()
     }
 
+    /// Its directory (a fork server forks into it with `CLONE_INTO_CGROUP`).
+    pub fn dir(&self) -> BorrowedFd<'_> {
+        self.dir.as_fd()
+    }
+
+    /// Moves process `pid` into it.
+    pub fn add_pid(&self, pid: u32) -> io::Result<()> {
+        let n = rustix::io::write(&self.procs, pid.to_string().as_bytes())?;
+        if n == 0 {
+            return Err(io::Error::other("short write to cgroup.procs"));
+        }
+        Ok(())
+    }
+
     /// Kills everything inside.
     pub fn kill(&self) -> io::Result<()> {
         kill(self.dir.as_fd())

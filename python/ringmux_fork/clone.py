@@ -18,6 +18,7 @@ import threading
 
 CLONE_PIDFD = 0x00001000
 CLONE_PARENT = 0x00008000
+CLONE_INTO_CGROUP = 0x200000000
 SYS_clone3 = 435  # the same number on every architecture that has clone3
 PR_SET_PDEATHSIG = 1
 
@@ -68,13 +69,17 @@ def check_single_threaded() -> None:
     )
 
 
-def fork_into_parent() -> tuple[int, int]:
-    """``(0, -1)`` in the child; ``(pid, pidfd)`` in the caller."""
+def fork_into_parent(cgroup_fd: int | None = None) -> tuple[int, int]:
+    """``(0, -1)`` in the child; ``(pid, pidfd)`` in the caller. With
+    ``cgroup_fd`` (a cgroup v2 directory) the child is born in that cgroup."""
     check_single_threaded()
     pidfd = ctypes.c_int(-1)
     args = _CloneArgs()
     args.flags = CLONE_PARENT | CLONE_PIDFD
     args.pidfd = ctypes.addressof(pidfd)
+    if cgroup_fd is not None:
+        args.flags |= CLONE_INTO_CGROUP
+        args.cgroup = cgroup_fd
     _api.PyOS_BeforeFork()
     r = _libc.syscall(ctypes.c_long(SYS_clone3), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))
     if r == 0:
@@ -108,3 +113,12 @@ def set_comm(name: str) -> None:
     """The process name `ps` shows (15 bytes at most); best effort."""
     buf = ctypes.create_string_buffer(name.encode()[:15])
     _libc.prctl(PR_SET_NAME, ctypes.cast(buf, ctypes.c_void_p).value or 0, 0, 0, 0)
+
+
+def enter_cgroup(cgroup_fd: int) -> None:
+    """Moves this process into the cgroup v2 directory open at ``cgroup_fd``."""
+    fd = os.open("cgroup.procs", os.O_WRONLY | os.O_CLOEXEC, dir_fd=cgroup_fd)
+    try:
+        os.write(fd, b"0")
+    finally:
+        os.close(fd)

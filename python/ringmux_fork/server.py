@@ -279,12 +279,12 @@ def _handle_one(chan, ringmux_pid, config, setup_task, take_pooled, drop_pooled,
         sys.exit(0)  # ringmux closed the channel
     msg, fds = got
     rid = msg.get("id")
-    if msg.get("type") != "spawn" or not isinstance(rid, int) or len(fds) != 3:
+    if msg.get("type") != "spawn" or not isinstance(rid, int) or len(fds) not in (3, 4):
         for fd in fds:
             os.close(fd)
         if isinstance(rid, int):
             protocol.send(chan, {"type": "error", "id": rid,
-                                 "error": "expected a spawn request with 3 descriptors"})
+                                 "error": "expected a spawn request with 3 or 4 descriptors"})
             return
         protocol.send(chan, {"type": "fatal", "error": "unexpected message from ringmux"})
         sys.exit(1)
@@ -302,7 +302,7 @@ def _handle_one(chan, ringmux_pid, config, setup_task, take_pooled, drop_pooled,
             entry.close()
             return
         try:
-            pid, pidfd = clone.fork_into_parent()
+            pid, pidfd = clone.fork_into_parent(fds[3] if len(fds) == 4 else None)
         except (OSError, clone.ThreadsRunning) as e:
             protocol.send(chan, {"type": "error", "id": rid, "error": str(e)})
             return
@@ -322,8 +322,15 @@ def _handle_one(chan, ringmux_pid, config, setup_task, take_pooled, drop_pooled,
 def _become_rollout(fds, msg, ringmux_pid, pooled=False):
     """In a new child: everything between the fork and the rollout's hook.
     Returns the status socket."""
-    listen_fd, dir_fd, status_fd = fds
+    listen_fd, dir_fd, status_fd = fds[:3]
     status = socket.socket(fileno=status_fd)
+    if len(fds) == 4:
+        # Its cgroup: a child forked at hand-over was born there
+        # (CLONE_INTO_CGROUP); a pooled one moves itself before any of the
+        # tool's code runs.
+        if pooled:
+            clone.enter_cgroup(fds[3])
+        os.close(fds[3])
     if not pooled:
         clone.die_with_parent(ringmux_pid)
         os.setpgid(0, 0)

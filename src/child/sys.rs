@@ -149,7 +149,10 @@ pub fn thread_count() -> io::Result<usize> {
 /// it is never our zombie. Refuses unless this process is single-threaded:
 /// a copy of a multi-threaded process may inherit locks held by threads that
 /// do not exist in it.
-pub fn fork_into_parent() -> io::Result<Forked> {
+///
+/// With `cgroup` (a cgroup v2 directory), the copy is born in that cgroup
+/// (`CLONE_INTO_CGROUP`), so it never runs outside it.
+pub fn fork_into_parent(cgroup: Option<BorrowedFd<'_>>) -> io::Result<Forked> {
     let threads = thread_count()?;
     if threads != 1 {
         return Err(io::Error::other(format!(
@@ -162,6 +165,10 @@ pub fn fork_into_parent() -> io::Result<Forked> {
         pidfd: std::ptr::addr_of_mut!(pidfd) as u64,
         ..CloneArgs::default()
     };
+    if let Some(cg) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = cg.as_raw_fd() as u64;
+    }
     // SAFETY: clone3 without CLONE_VM is fork: the child gets a copy of the
     // address space, so no memory is shared. The process is single-threaded
     // (checked above, and only this thread could start another), so no lock
@@ -188,6 +195,9 @@ pub fn fork_into_parent() -> io::Result<Forked> {
         }
     }
 }
+
+/// `CLONE_INTO_CGROUP` (Linux 5.7; not in every libc crate version).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// `struct clone_args` (the clone3 ABI, version 0 fields up to `tls` plus the
 /// version 1/2 fields, zero = unused).
@@ -266,7 +276,7 @@ mod tests {
     fn fork_into_parent_refuses_a_multithreaded_process() {
         // The test harness runs tests on threads: this process has several.
         if thread_count().expect("threads") > 1 {
-            let e = fork_into_parent().expect_err("must refuse");
+            let e = fork_into_parent(None).expect_err("must refuse");
             assert!(e.to_string().contains("single-threaded"), "{e}");
         }
     }

@@ -81,8 +81,12 @@ struct Pending {
     query: String,
     /// Our end of the child's status socket.
     status: OwnedFd,
-    /// What goes with the request; `None` once sent (the kernel holds them).
-    fds: Option<[OwnedFd; 3]>,
+    /// What goes with the request (listener, dir, the child's status socket
+    /// and, with cgroups, its cgroup directory); `None` once sent (the kernel
+    /// holds them).
+    fds: Option<Vec<OwnedFd>>,
+    /// The child's cgroup, when ringmux uses cgroups.
+    cgroup: Option<crate::cgroup::ChildCgroup>,
     deadline: Instant,
     /// When ringmux asked for it.
     asked: Instant,
@@ -232,7 +236,9 @@ impl Control {
         }
     }
 
-    /// Asks for a child; it is published when the fork server answers.
+    /// Asks for a child; it is published when the fork server answers. On
+    /// failure the cgroup comes back with the error.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn fork_request(
         &mut self,
         key: RouteKey,
@@ -241,46 +247,71 @@ impl Control {
         listener: TcpListener,
         addr: SocketAddr,
         query: &str,
-    ) -> Result<(), ProxyError> {
+        cgroup: Option<crate::cgroup::ChildCgroup>,
+    ) -> Result<(), (ProxyError, Option<crate::cgroup::ChildCgroup>)> {
         let timeout = self.cfg.ready_timeout;
         let fs = self.fs();
         if fs.process.as_ref().is_some_and(|p| p.killed.is_some()) {
             // Being killed (wedged, broken): do not hand it more work.
-            return Err(ProxyError::ForkServerUnavailable("it is restarting"));
+            return Err((
+                ProxyError::ForkServerUnavailable("it is restarting"),
+                cgroup,
+            ));
         }
         let starting = match fs.state {
             State::Ready { .. } => false,
             State::Starting { .. } => true,
             State::Down { .. } => {
-                return Err(ProxyError::ForkServerUnavailable("it is restarting"))
+                return Err((
+                    ProxyError::ForkServerUnavailable("it is restarting"),
+                    cgroup,
+                ))
             }
-            State::Stopped => return Err(ProxyError::ForkServerUnavailable("it is stopped")),
+            State::Stopped => {
+                return Err((ProxyError::ForkServerUnavailable("it is stopped"), cgroup))
+            }
         };
-        let dirfd = rustix::fs::open(
-            dir,
-            rustix::fs::OFlags::RDONLY
-                | rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .map_err(|e| ProxyError::SpawnFailed(format!("opening its directory: {e}")))?;
-        let (status, child_status) = channel::pair()
-            .map_err(|e| ProxyError::SpawnFailed(format!("status socketpair: {e}")))?;
+        let fds = (|| {
+            let dirfd = rustix::fs::open(
+                dir,
+                rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(|e| format!("opening its directory: {e}"))?;
+            let (status, child_status) =
+                channel::pair().map_err(|e| format!("status socketpair: {e}"))?;
+            let mut fds = vec![OwnedFd::from(listener), dirfd, child_status];
+            if let Some(cg) = &cgroup {
+                fds.push(
+                    cg.dir()
+                        .try_clone_to_owned()
+                        .map_err(|e| format!("its cgroup: {e}"))?,
+                );
+            }
+            Ok::<_, String>((status, fds))
+        })();
+        let (status, fds) = match fds {
+            Ok(x) => x,
+            Err(msg) => return Err((ProxyError::SpawnFailed(msg), cgroup)),
+        };
         let p = Pending {
             key,
             addr,
             dir: dir.to_path_buf(),
             query: query.to_string(),
             status,
-            fds: Some([OwnedFd::from(listener), dirfd, child_status]),
+            fds: Some(fds),
+            cgroup,
             deadline: Instant::now() + timeout,
             asked: Instant::now(),
         };
-        fs.pending.insert(id, p);
+        self.fs().pending.insert(id, p);
         if !starting {
             if let Err(e) = self.fork_send(id) {
-                self.fs().pending.remove(&id);
-                return Err(e);
+                let cg = self.fs().pending.remove(&id).and_then(|p| p.cgroup);
+                return Err((e, cg));
             }
         }
         Ok(())
@@ -304,7 +335,7 @@ impl Control {
             query: p.query.clone(),
         }
         .encode();
-        let borrowed = [fds[0].as_fd(), fds[1].as_fd(), fds[2].as_fd()];
+        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
         match channel::send(proc_.chan.as_fd(), &msg, &borrowed) {
             Ok(()) => {
                 p.deadline = Instant::now() + answer;
@@ -479,7 +510,7 @@ impl Control {
 
     /// A child was forked: check it is ours, then treat it like an exec'd one.
     fn fork_spawned(&mut self, id: u64, pid: u32, pidfd: OwnedFd, fork_us: Option<u64>) -> bool {
-        let Some(p) = self.fs().pending.remove(&id) else {
+        let Some(mut p) = self.fs().pending.remove(&id) else {
             // A request that timed out meanwhile, or a confused fork server.
             tracing::warn!(
                 id,
@@ -526,19 +557,30 @@ impl Control {
         }) = self.keys.remove(&p.key)
         else {
             self.reap_pidfd(pid, pidfd);
+            self.drop_cgroup(p.cgroup.take());
             return true;
         };
         debug_assert_eq!(child_id, id);
         let key = p.key;
+        if let Some(cg) = &p.cgroup {
+            // Normally it is born there (CLONE_INTO_CGROUP) or moved itself
+            // before running the tool's code; this makes sure of it.
+            if let Err(e) = cg.add_pid(pid) {
+                tracing::warn!(pid, cgroup = %cg.name, error = %e, "cannot move a forked child into its cgroup");
+            }
+        }
         let asked_ms = p.asked.elapsed().as_secs_f64() * 1000.0;
         let fork_ms = fork_us.map(|us| us as f64 / 1000.0);
+        let cgroup = p.cgroup.take();
         match self.watch(id, p.addr, pid, pidfd, Some(p.status)) {
-            Ok(live) => {
+            Ok(mut live) => {
+                live.cgroup = cgroup;
                 tracing::info!(key = %key.label(), pid, child = id, addr = %p.addr, asked_ms,
                     fork_ms, "child forked");
                 self.started(key, live, closers, acquirers);
             }
             Err(msg) => {
+                self.drop_cgroup(cgroup);
                 self.ports.remove(&p.addr.port());
                 self.metrics.spawn_failures.fetch_add(1, Relaxed);
                 tracing::error!(key = %key.label(), error = %msg, "could not start child");
@@ -553,9 +595,10 @@ impl Control {
     /// closers an answer once its directory is gone.
     fn fork_spawn_failed(&mut self, id: u64, p: Option<Pending>, error: ProxyError) {
         let p = p.or_else(|| self.fs().pending.remove(&id));
-        let Some(p) = p else {
+        let Some(mut p) = p else {
             return;
         };
+        self.drop_cgroup(p.cgroup.take());
         self.ports.remove(&p.addr.port());
         self.metrics.spawn_failures.fetch_add(1, Relaxed);
         if let Some(KeyState::Starting {

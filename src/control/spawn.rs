@@ -48,8 +48,22 @@ impl Control {
         };
         let id = self.next_child_id;
         self.next_child_id += 1;
+        let cgroup = match self.cfg.cgroups.as_ref() {
+            None => None,
+            Some(t) => match t.child(&format!("{label}-{id}")) {
+                Ok(cg) => Some(cg),
+                Err(e) => {
+                    let _ = std::fs::remove_dir(&dir);
+                    self.spawn_failed(key, acquirers, format!("creating its cgroup: {e}"));
+                    return;
+                }
+            },
+        };
+        if cgroup.is_some() {
+            self.metrics.live_cgroups.fetch_add(1, Relaxed);
+        }
         if self.fork.is_some() {
-            match self.fork_request(key, id, &dir, listener, addr, &acquirers.query) {
+            match self.fork_request(key, id, &dir, listener, addr, &acquirers.query, cgroup) {
                 Ok(()) => {
                     self.ports.insert(addr.port());
                     self.keys.insert(
@@ -61,8 +75,9 @@ impl Control {
                         },
                     );
                 }
-                Err(e) => {
+                Err((e, cgroup)) => {
                     let _ = std::fs::remove_dir(&dir);
+                    self.drop_cgroup(cgroup);
                     self.metrics.spawn_failures.fetch_add(1, Relaxed);
                     tracing::error!(key = %label, error = %e, "could not start child");
                     self.fail(key, acquirers.workers, &e);
@@ -70,32 +85,16 @@ impl Control {
             }
             return;
         }
-        let cgroup = match self
-            .cfg
-            .cgroups
-            .as_ref()
-            .map(|t| t.child(&format!("{label}-{id}")))
-        {
-            None => None,
-            Some(Ok(cg)) => Some(cg),
-            Some(Err(e)) => {
-                let _ = std::fs::remove_dir(&dir);
-                self.spawn_failed(key, acquirers, format!("creating its cgroup: {e}"));
-                return;
-            }
-        };
         let Some(spawner) = self.spawner.as_mut() else {
             return;
         };
         let t0 = std::time::Instant::now();
-        let spawned = match spawner.spawn(&dir, &listener, addr, cgroup.as_ref().map(|c| c.procs()))
-        {
+        let procs = cgroup.as_ref().map(|c| c.procs());
+        let spawned = match spawner.spawn(&dir, &listener, addr, procs) {
             Ok(s) => s,
             Err(e) => {
                 let _ = std::fs::remove_dir(&dir);
-                if let Some(cg) = cgroup {
-                    let _ = cg.remove();
-                }
+                self.drop_cgroup(cgroup);
                 self.spawn_failed(key, acquirers, e.to_string());
                 return;
             }
@@ -105,9 +104,6 @@ impl Control {
         drop(listener);
         match self.watch(id, addr, spawned.pid, spawned.pidfd, None) {
             Ok(mut live) => {
-                if cgroup.is_some() {
-                    self.metrics.live_cgroups.fetch_add(1, Relaxed);
-                }
                 live.cgroup = cgroup;
                 tracing::info!(key = %label, pid = live.pid, child = id, %addr,
                     spawn_ms = t0.elapsed().as_secs_f64() * 1000.0, "child spawned");
@@ -116,12 +112,20 @@ impl Control {
             }
             Err(msg) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                if let Some(cg) = cgroup {
-                    let _ = cg.kill();
-                    let _ = cg.remove();
-                }
+                self.drop_cgroup(cgroup);
                 self.spawn_failed(key, acquirers, msg);
             }
+        }
+    }
+
+    /// Removes the cgroup of a child that never ran (or was killed at once).
+    pub(super) fn drop_cgroup(&mut self, cgroup: Option<crate::cgroup::ChildCgroup>) {
+        if let Some(cg) = cgroup {
+            let _ = cg.kill();
+            if let Err(e) = cg.remove() {
+                tracing::warn!(error = %e, "could not remove an unused cgroup");
+            }
+            self.metrics.live_cgroups.fetch_sub(1, Relaxed);
         }
     }
 

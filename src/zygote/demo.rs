@@ -82,16 +82,22 @@ pub fn run(warm_mib: usize) -> io::Result<()> {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
             }
         };
-        let Ok::<[OwnedFd; 3], _>([listener, dir, status]) = m.fds.try_into() else {
+        let mut fds = m.fds;
+        // A fourth descriptor, when ringmux uses cgroups: the child's cgroup.
+        let cgroup = (fds.len() == 4).then(|| fds.pop()).flatten();
+        let Ok::<[OwnedFd; 3], _>([listener, dir, status]) = fds.try_into() else {
             let err = FromServer::Error {
                 id: req.id,
-                error: "a spawn request needs 3 descriptors (listener, dir, status)".into(),
+                error: "a spawn request needs 3 or 4 descriptors (listener, dir, status[, cgroup])"
+                    .into(),
             };
             send(&chan, &err.encode(), &[])?;
             continue;
         };
         let t0 = std::time::Instant::now();
-        match sys::fork_into_parent() {
+        let forked = sys::fork_into_parent(cgroup.as_ref().map(|c| c.as_fd()));
+        drop(cgroup);
+        match forked {
             Ok(Forked::Child) => {
                 drop(chan);
                 child(req, [listener, dir, status], me, ringmux_pid);

@@ -173,3 +173,44 @@ def test_cgroup_off_falls_back_to_process_groups(ringmux_factory, tag):
         os.kill(p, signal.SIGKILL)
     wait_until(lambda: escapees(tag) == [], 5, what="the escaped sleeps to be killed by the test")
     rm.stop()
+
+
+def proc_cgroup(pid: int) -> str:
+    with open(f"/proc/{pid}/cgroup") as f:
+        return f.read().split("0::", 1)[1].split()[0]
+
+
+@pytest.mark.parametrize("pool", ["0", "2"])
+def test_forked_children_are_contained_too(ringmux_factory, tag, pool):
+    """Fork mode with the Python helper, forking at hand-over (born in the
+    cgroup, CLONE_INTO_CGROUP) and from the pool (moved in at hand-over)."""
+    import anyio
+
+    from conftest import CHILDREN, PY
+    from mcp_helpers import mcp_session, tool_json, tool_text
+
+    cmd = [PY, "-m", "ringmux_fork", "fork_child:app", "--app-dir", str(CHILDREN), "--pool", pool]
+    rm = ringmux_factory(cmd=cmd, args=["--fork", "--cgroup", "required"])
+
+    async def go():
+        async with mcp_session(rm.path_url("/mcp", "f")) as s:
+            who = tool_json(await s.call_tool("whoami", {}))
+            assert tool_text(await s.call_tool("start_detached", {"tag": tag})) == "started"
+            return who["pid"]
+
+    pid = anyio.run(go)
+    mine = proc_cgroup(pid)
+    assert mine.endswith("/" + os.path.basename(rm.child_dir("f")) + "-" + mine.rsplit("-", 1)[1])
+    assert os.path.basename(rm.instance_dir) in mine
+    wait_until(lambda: len(escapees(tag)) == 2, 5, what="the detached processes")
+    assert all(proc_cgroup(p) == mine for p in escapees(tag))
+    assert rm.close_key("f").text == "closed"
+    assert escapees(tag) == [], "a forked rollout's detached process outlived its close"
+    rm.stop()
+
+
+def test_the_demo_fork_servers_children_are_born_in_their_cgroup(ringmux_factory):
+    rm = ringmux_factory(demo=True, args=["--fork", "--cgroup", "required"])
+    pid = demo(rm, "d").json()["result"]["structuredContent"]["pid"]
+    assert os.path.basename(rm.child_dir("d")) in proc_cgroup(pid)
+    rm.stop()

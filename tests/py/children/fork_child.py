@@ -79,3 +79,14 @@ def crash(code: int = 9) -> str:
 
 
 app = server.streamable_http_app()
+
+
+@server.tool()
+def start_detached(tag: int) -> str:
+    """Start processes that leave this process group: a setsid sleep and a
+    double-forked one (the escape a cgroup must contain)."""
+    import subprocess
+
+    subprocess.Popen(["setsid", "sleep", f"{tag}1"], stdin=subprocess.DEVNULL)
+    subprocess.Popen(["sh", "-c", f"(sleep {tag}2 &)"], stdin=subprocess.DEVNULL).wait()
+    return "started"
