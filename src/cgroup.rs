@@ -149,6 +149,11 @@ fn write_at(dir: BorrowedFd<'_>, name: &str, value: &[u8]) -> io::Result<()> {
     f.write_all(value)
 }
 
+fn read_at(dir: BorrowedFd<'_>, name: &str) -> Option<String> {
+    let fd = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    io::read_to_string(fs::File::from(fd)).ok()
+}
+
 /// Whether `cgroup.events` in `dir` says something still runs inside.
 pub fn populated(dir: BorrowedFd<'_>) -> io::Result<bool> {
     let fd = rustix::fs::openat(
@@ -332,6 +337,25 @@ impl ChildCgroup {
             return Err(io::Error::other("short write to cgroup.procs"));
         }
         Ok(())
+    }
+
+    /// CPU seconds used by everything that ran inside (`cpu.stat`).
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let text = read_at(self.dir.as_fd(), "cpu.stat")?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|us| us as f64 / 1e6)
+    }
+
+    /// Peak memory in bytes (`memory.peak`), where the memory controller is
+    /// enabled.
+    pub fn memory_peak(&self) -> Option<f64> {
+        read_at(self.dir.as_fd(), "memory.peak")?
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .map(|b| b as f64)
     }
 
     /// Kills everything inside.

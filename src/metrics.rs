@@ -12,6 +12,67 @@ use std::time::Duration;
 
 /// Upper bounds (seconds) of the cleanup-duration histogram buckets.
 const CLEANUP_BUCKETS: [f64; 8] = [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+/// Upper bounds (CPU seconds) of the per-rollout CPU histogram.
+const ROLLOUT_CPU_BUCKETS: [f64; 8] = [0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0];
+/// Upper bounds (bytes) of the per-rollout peak-memory histogram.
+const ROLLOUT_MEM_BUCKETS: [f64; 6] = [
+    16.0 * 1048576.0,
+    64.0 * 1048576.0,
+    256.0 * 1048576.0,
+    1024.0 * 1048576.0,
+    4096.0 * 1048576.0,
+    16384.0 * 1048576.0,
+];
+
+/// A Prometheus histogram of non-negative values.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    /// Sum in millionths of the unit (µs for seconds).
+    sum_micro: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micro: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one value.
+    pub fn observe(&self, v: f64) {
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micro
+            .fetch_add((v.max(0.0) * 1e6).min(u64::MAX as f64) as u64, Relaxed);
+        for (i, le) in self.bounds.iter().enumerate() {
+            if v <= *le {
+                self.buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    fn render(&self, o: &mut String, name: &str, help: &str) {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (i, le) in self.bounds.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "{name}_bucket{{le=\"{le}\"}} {}",
+                self.buckets[i].load(Relaxed)
+            );
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(
+            o,
+            "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {}\n{name}_count {count}",
+            secs(self.sum_micro.load(Relaxed))
+        );
+    }
+}
 
 /// Why a child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,10 +154,13 @@ pub struct Metrics {
     pub cleanup_errors: AtomicU64,
     /// Files and directories removed by cleanups.
     pub cleanup_entries: AtomicU64,
-    cleanup_count: AtomicU64,
-    cleanup_sum_us: AtomicU64,
+    cleanup_duration: Histogram,
     cleanup_max_us: AtomicU64,
-    cleanup_buckets: [AtomicU64; CLEANUP_BUCKETS.len()],
+    /// CPU seconds of closed rollouts (their cgroup's `cpu.stat`).
+    pub rollout_cpu: Histogram,
+    /// Peak memory of closed rollouts (their cgroup's `memory.peak`, where
+    /// the memory controller is enabled).
+    pub rollout_memory_peak: Histogram,
     /// Requests refused at `--max-children`.
     pub at_capacity: AtomicU64,
     /// Heartbeat lateness of the control loop, since start, µs.
@@ -127,10 +191,10 @@ impl Metrics {
             cleanups_in_flight: AtomicU64::new(0),
             cleanup_errors: AtomicU64::new(0),
             cleanup_entries: AtomicU64::new(0),
-            cleanup_count: AtomicU64::new(0),
-            cleanup_sum_us: AtomicU64::new(0),
+            cleanup_duration: Histogram::new(&CLEANUP_BUCKETS),
             cleanup_max_us: AtomicU64::new(0),
-            cleanup_buckets: Default::default(),
+            rollout_cpu: Histogram::new(&ROLLOUT_CPU_BUCKETS),
+            rollout_memory_peak: Histogram::new(&ROLLOUT_MEM_BUCKETS),
             at_capacity: AtomicU64::new(0),
             control_lag_max_us: AtomicU64::new(0),
             stale_instances_removed: AtomicU64::new(0),
@@ -150,18 +214,11 @@ impl Metrics {
     /// Records a finished cleanup.
     pub fn cleanup_finished(&self, took: Duration, entries: u64, errors: bool) {
         let us = took.as_micros().min(u128::from(u64::MAX)) as u64;
-        self.cleanup_count.fetch_add(1, Relaxed);
-        self.cleanup_sum_us.fetch_add(us, Relaxed);
+        self.cleanup_duration.observe(took.as_secs_f64());
         self.cleanup_max_us.fetch_max(us, Relaxed);
         self.cleanup_entries.fetch_add(entries, Relaxed);
         if errors {
             self.cleanup_errors.fetch_add(1, Relaxed);
-        }
-        let secs = took.as_secs_f64();
-        for (i, le) in CLEANUP_BUCKETS.iter().enumerate() {
-            if secs <= *le {
-                self.cleanup_buckets[i].fetch_add(1, Relaxed);
-            }
         }
     }
 
@@ -258,22 +315,20 @@ impl Metrics {
             "Files and directories removed by cleanups.",
             self.cleanup_entries.load(Relaxed),
         );
-        let _ = writeln!(
-            o,
-            "# HELP ringmux_cleanup_duration_seconds Wall time of child directory cleanups.\n# TYPE ringmux_cleanup_duration_seconds histogram"
+        self.cleanup_duration.render(
+            &mut o,
+            "ringmux_cleanup_duration_seconds",
+            "Wall time of child directory cleanups.",
         );
-        for (i, le) in CLEANUP_BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "ringmux_cleanup_duration_seconds_bucket{{le=\"{le}\"}} {}",
-                self.cleanup_buckets[i].load(Relaxed)
-            );
-        }
-        let count = self.cleanup_count.load(Relaxed);
-        let _ = writeln!(
-            o,
-            "ringmux_cleanup_duration_seconds_bucket{{le=\"+Inf\"}} {count}\nringmux_cleanup_duration_seconds_sum {}\nringmux_cleanup_duration_seconds_count {count}",
-            secs(self.cleanup_sum_us.load(Relaxed))
+        self.rollout_cpu.render(
+            &mut o,
+            "ringmux_rollout_cpu_seconds",
+            "CPU time of closed rollouts, all their processes (cgroup cpu.stat).",
+        );
+        self.rollout_memory_peak.render(
+            &mut o,
+            "ringmux_rollout_memory_peak_bytes",
+            "Peak memory of closed rollouts (cgroup memory.peak; needs the memory controller).",
         );
         let _ = writeln!(
             o,

@@ -161,6 +161,13 @@ impl Control {
         acquirers: Waiting,
     ) {
         let name = cg.name.clone();
+        if let Some(cpu) = cg.cpu_seconds() {
+            self.metrics.rollout_cpu.observe(cpu);
+            tracing::debug!(key = %key.label(), cgroup = %name, cpu_s = cpu, "rollout accounted");
+        }
+        if let Some(peak) = cg.memory_peak() {
+            self.metrics.rollout_memory_peak.observe(peak);
+        }
         if let Err(e) = cg.remove() {
             tracing::warn!(key = %key.label(), cgroup = %name, error = %e, "could not remove a child's cgroup");
         }

@@ -214,3 +214,17 @@ def test_the_demo_fork_servers_children_are_born_in_their_cgroup(ringmux_factory
     pid = demo(rm, "d").json()["result"]["structuredContent"]["pid"]
     assert os.path.basename(rm.child_dir("d")) in proc_cgroup(pid)
     rm.stop()
+
+
+def test_closed_rollouts_cpu_is_accounted(ringmux_factory):
+    """ringmux_rollout_cpu_seconds: the CPU of everything a rollout ran (here
+    a busy loop beside the server), read from its cgroup's cpu.stat."""
+    burn = 'timeout 0.5 sh -c "while :; do :; done" &'
+    rm = ringmux_factory(cmd=["sh", "-c", f"{burn} exec {RINGMUX_BIN} demo-child"],
+                         args=["--cgroup", "required", "--admin", "127.0.0.1:0"])
+    assert demo(rm, "busy").status_code == 200
+    time.sleep(0.8)
+    assert rm.close_key("busy").text == "closed"
+    assert rm.metric("ringmux_rollout_cpu_seconds_count") == 1
+    assert 0.3 < rm.metric("ringmux_rollout_cpu_seconds_sum") < 5
+    rm.stop()
