@@ -39,6 +39,55 @@ impl std::str::FromStr for CgroupMode {
     }
 }
 
+/// Per-child limits (`--child-memory-max`, `--child-pids-max`,
+/// `--child-cpu-max`), written to each child's cgroup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// `memory.max`, bytes.
+    pub memory_max: Option<u64>,
+    /// `pids.max`.
+    pub pids_max: Option<u64>,
+    /// `cpu.max`: (quota µs, period µs).
+    pub cpu_max: Option<(u64, u64)>,
+}
+
+impl Limits {
+    /// Whether any limit is asked for.
+    pub fn any(&self) -> bool {
+        self.memory_max.is_some() || self.pids_max.is_some() || self.cpu_max.is_some()
+    }
+
+    /// The controllers they need, with the flag that asks for each.
+    pub fn controllers(&self) -> Vec<(&'static str, &'static str)> {
+        let mut v = Vec::new();
+        if self.memory_max.is_some() {
+            v.push(("memory", "--child-memory-max"));
+        }
+        if self.pids_max.is_some() {
+            v.push(("pids", "--child-pids-max"));
+        }
+        if self.cpu_max.is_some() {
+            v.push(("cpu", "--child-cpu-max"));
+        }
+        v
+    }
+
+    /// (file, value) pairs for a child's cgroup.
+    fn files(&self) -> Vec<(&'static str, String)> {
+        let mut v = Vec::new();
+        if let Some(m) = self.memory_max {
+            v.push(("memory.max", m.to_string()));
+        }
+        if let Some(p) = self.pids_max {
+            v.push(("pids.max", p.to_string()));
+        }
+        if let Some((q, p)) = self.cpu_max {
+            v.push(("cpu.max", format!("{q} {p}")));
+        }
+        v
+    }
+}
+
 /// Why no cgroup could be had.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -67,6 +116,28 @@ pub enum CgroupError {
     /// The kernel lacks `cgroup.kill` (Linux < 5.14).
     #[error("{0} has no cgroup.kill (needs Linux >= 5.14)")]
     NoKill(PathBuf),
+    /// A limit flag whose controller this hierarchy does not offer.
+    #[error("{flag} needs the cgroup v2 {controller} controller, which {path} does not offer (available: {available}); on hosts that mount cgroup v1 beside v2 (hybrid), the controllers stay with v1")]
+    NoController {
+        /// The flag.
+        flag: &'static str,
+        /// The controller.
+        controller: &'static str,
+        /// Where we looked.
+        path: PathBuf,
+        /// What is there.
+        available: String,
+    },
+    /// Enabling a controller for the children failed.
+    #[error("enabling the {controller} controller below {path}: {source}")]
+    Enable {
+        /// The controller.
+        controller: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
 }
 
 /// The mount point and mount root of the cgroup2 filesystem, from
@@ -196,6 +267,8 @@ pub struct Tree {
     /// Open and `flock`ed for the instance's life (never read: holding it is
     /// the point).
     _lock: OwnedFd,
+    /// Written into every child's cgroup.
+    limits: Limits,
 }
 
 impl Tree {
@@ -232,7 +305,64 @@ impl Tree {
             path,
             parent,
             _lock: fd,
+            limits: Limits::default(),
         })
+    }
+
+    /// Makes `limits` enforceable: refuses a limit whose controller the
+    /// hierarchy does not offer; otherwise enables the controllers for the
+    /// children (moving ringmux into a leaf cgroup of its own first when its
+    /// cgroup is not the root: cgroup v2 lets a cgroup with processes in it
+    /// give no controllers to its children). Nothing is changed when no limit
+    /// is asked for.
+    pub fn apply_limits(&mut self, limits: Limits) -> Result<(), CgroupError> {
+        if !limits.any() {
+            return Ok(());
+        }
+        let available =
+            fs::read_to_string(self.parent.join("cgroup.controllers")).unwrap_or_default();
+        let offered: Vec<&str> = available.split_whitespace().collect();
+        for (controller, flag) in limits.controllers() {
+            if !offered.contains(&controller) {
+                return Err(CgroupError::NoController {
+                    flag,
+                    controller,
+                    path: self.parent.clone(),
+                    available: if offered.is_empty() {
+                        "none".into()
+                    } else {
+                        offered.join(" ")
+                    },
+                });
+            }
+        }
+        let is_root = !self.parent.join("cgroup.procs").exists()
+            || fs::read_to_string(self.parent.join("cgroup.type")).is_err();
+        if !is_root {
+            // Our own leaf, beside the instance cgroup, so the parent has no
+            // processes of its own.
+            let leaf = self.path.with_extension("supervisor");
+            let enable = |source| CgroupError::Enable {
+                controller: "(leaf)",
+                path: leaf.clone(),
+                source,
+            };
+            fs::create_dir(&leaf).map_err(enable)?;
+            fs::write(leaf.join("cgroup.procs"), b"0").map_err(enable)?;
+        }
+        for (controller, _) in limits.controllers() {
+            for dir in [&self.parent, &self.path] {
+                fs::write(dir.join("cgroup.subtree_control"), format!("+{controller}")).map_err(
+                    |source| CgroupError::Enable {
+                        controller,
+                        path: dir.clone(),
+                        source,
+                    },
+                )?;
+            }
+        }
+        self.limits = limits;
+        Ok(())
     }
 
     /// Creates the cgroup of one child.
@@ -249,6 +379,12 @@ impl Tree {
             )?;
             Ok::<_, io::Error>((dir, procs))
         })();
+        let made = made.and_then(|(dir, procs)| {
+            for (file, value) in self.limits.files() {
+                write_at(dir.as_fd(), file, value.as_bytes())?;
+            }
+            Ok((dir, procs))
+        });
         match made {
             Ok((dir, procs)) => Ok(ChildCgroup {
                 path,
@@ -266,6 +402,23 @@ impl Tree {
     /// Removes the (empty) instance cgroup.
     pub fn remove(&self) -> io::Result<()> {
         fs::remove_dir(&self.path)
+    }
+
+    /// Removes the empty supervisor leaves (`<instance>.supervisor`) dead
+    /// instances left beside ours; a live instance's leaf holds that
+    /// instance, so its `rmdir` fails and it stays.
+    pub fn remove_dead_leaves(&self) {
+        let Ok(entries) = fs::read_dir(&self.parent) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(inst) = name.strip_suffix(".supervisor") {
+                if crate::control::is_instance_dir_name(inst) && fs::remove_dir(e.path()).is_ok() {
+                    tracing::info!(cgroup = %e.path().display(), "removed a dead instance's supervisor cgroup");
+                }
+            }
+        }
     }
 
     /// Cgroups of dead instances beside ours (`ringmux-<pid>-<hex>` whose
@@ -356,6 +509,17 @@ impl ChildCgroup {
             .parse::<u64>()
             .ok()
             .map(|b| b as f64)
+    }
+
+    /// Whether the kernel's OOM killer killed something in it under its
+    /// memory limit (`memory.events`: `oom_kill` > 0).
+    pub fn oom_killed(&self) -> bool {
+        read_at(self.dir.as_fd(), "memory.events").is_some_and(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .is_some_and(|n| n > 0)
+        })
     }
 
     /// Kills everything inside.

@@ -145,6 +145,22 @@ pub struct ServeArgs {
     #[arg(long, default_value = "auto", value_name = "auto|required|off")]
     pub cgroup: crate::cgroup::CgroupMode,
 
+    /// Memory limit of each child's cgroup (`memory.max`, everything the
+    /// rollout runs together), e.g. `512M`, `2G`. Needs cgroup v2 with the
+    /// memory controller; ringmux refuses to start where it is missing.
+    #[arg(long, value_parser = parse_bytes, value_name = "BYTES")]
+    pub child_memory_max: Option<u64>,
+
+    /// Most processes and threads in each child's cgroup (`pids.max`): a
+    /// fork bomb in one rollout stops there. Needs the pids controller.
+    #[arg(long, value_name = "N")]
+    pub child_pids_max: Option<u64>,
+
+    /// CPU limit of each child's cgroup in CPUs (`cpu.max`), e.g. `0.5` or
+    /// `2`. Needs the cpu controller.
+    #[arg(long, value_parser = parse_cpus, value_name = "CPUS")]
+    pub child_cpu_max: Option<(u64, u64)>,
+
     /// Run the built-in demo MCP server as the child (no COMMAND needed).
     #[arg(long, conflicts_with = "command")]
     pub demo: bool,
@@ -176,6 +192,35 @@ pub struct ServeArgs {
     /// the fork server, e.g. `--fork -- python -m ringmux_fork my_tools:app`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+}
+
+/// Parses `1048576`, `512K`, `512M`, `2G` (powers of 1024).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mul) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .filter(|b| *b >= 1 << 20)
+        .ok_or_else(|| format!("invalid size {s:?}: expected e.g. 512M or 2G (at least 1M)"))
+}
+
+/// Parses a number of CPUs (`0.5`, `2`) into a `cpu.max` quota and period.
+pub fn parse_cpus(s: &str) -> Result<(u64, u64), String> {
+    let n: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid CPU count {s:?}: expected e.g. 0.5 or 2"))?;
+    if !n.is_finite() || !(0.01..=1024.0).contains(&n) {
+        return Err(format!("CPU count {s:?} out of range [0.01, 1024]"));
+    }
+    const PERIOD: u64 = 100_000;
+    Ok(((n * PERIOD as f64).round() as u64, PERIOD))
 }
 
 /// Parses `500ms`, `30s`, `2m`, or a bare number of seconds.
@@ -221,6 +266,17 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5h").is_err());
         assert!(parse_duration("abc").is_err());
+    }
+
+    #[test]
+    fn sizes_and_cpus() {
+        assert_eq!(parse_bytes("512M"), Ok(512 << 20));
+        assert_eq!(parse_bytes("2G"), Ok(2 << 30));
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert!(parse_bytes("1K").is_err() && parse_bytes("x").is_err());
+        assert_eq!(parse_cpus("0.5"), Ok((50_000, 100_000)));
+        assert_eq!(parse_cpus("2"), Ok((200_000, 100_000)));
+        assert!(parse_cpus("0").is_err() && parse_cpus("-1").is_err());
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct Config {
     pub origin: OriginPolicy,
     /// Per-child cgroups.
     pub cgroup: crate::cgroup::CgroupMode,
+    /// Per-child limits (need cgroups).
+    pub limits: crate::cgroup::Limits,
 }
 
 /// Invalid flags.
@@ -79,6 +81,9 @@ pub enum ConfigError {
     /// Bad `--allow-origin`.
     #[error(transparent)]
     AllowOrigin(#[from] BadOrigin),
+    /// A limit with `--cgroup off`.
+    #[error("--child-memory-max, --child-pids-max and --child-cpu-max need cgroups: not with --cgroup off")]
+    LimitsWithoutCgroups,
     /// Bad `--key-param`.
     #[error("--key-param must be a non-empty name without '=', '&', '?' or '#'")]
     KeyParam,
@@ -112,6 +117,12 @@ impl Config {
         if args.key_param.is_empty() || args.key_param.contains(['=', '&', '?', '#']) {
             return Err(ConfigError::KeyParam);
         }
+        let limited = args.child_memory_max.is_some()
+            || args.child_pids_max.is_some()
+            || args.child_cpu_max.is_some();
+        if limited && args.cgroup == crate::cgroup::CgroupMode::Off {
+            return Err(ConfigError::LimitsWithoutCgroups);
+        }
         Ok(Config {
             listen: args.listen,
             workers,
@@ -132,6 +143,11 @@ impl Config {
             cleanup_cpus: cleanup_cpus(&args.cleanup_cpus)?,
             origin: OriginPolicy::new(&args.allow_origins, args.listen.ip().is_loopback())?,
             cgroup: args.cgroup,
+            limits: crate::cgroup::Limits {
+                memory_max: args.child_memory_max,
+                pids_max: args.child_pids_max,
+                cpu_max: args.child_cpu_max,
+            },
         })
     }
 }

@@ -87,6 +87,8 @@ pub enum ExitCause {
     Shutdown,
     /// A forked child whose per-rollout setup hook failed.
     SetupFailed,
+    /// Killed by its cgroup's memory limit (`--child-memory-max`).
+    Oom,
 }
 
 impl ExitCause {
@@ -97,15 +99,17 @@ impl ExitCause {
             ExitCause::ReadyTimeout => "ready_timeout",
             ExitCause::Shutdown => "shutdown",
             ExitCause::SetupFailed => "setup_failed",
+            ExitCause::Oom => "oom",
         }
     }
 
-    const ALL: [ExitCause; 5] = [
+    const ALL: [ExitCause; 6] = [
         ExitCause::Closed,
         ExitCause::Crashed,
         ExitCause::ReadyTimeout,
         ExitCause::Shutdown,
         ExitCause::SetupFailed,
+        ExitCause::Oom,
     ];
 }
 
@@ -147,7 +151,7 @@ pub struct Metrics {
     pub spawn_failures: AtomicU64,
     /// Live children.
     pub live_children: AtomicU64,
-    exits: [AtomicU64; 5],
+    exits: [AtomicU64; 6],
     /// Directory cleanups running.
     pub cleanups_in_flight: AtomicU64,
     /// Cleanups that ended with errors (something was left behind).

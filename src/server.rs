@@ -70,7 +70,7 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         path: cfg.base_dir.clone(),
         source: e.into(),
     })?;
-    let cgroups = instance_cgroup(cfg.cgroup, &instance_dir)?;
+    let cgroups = instance_cgroup(cfg.cgroup, cfg.limits, &instance_dir)?;
     if cfg.fork.is_some() && cgroups.is_some() {
         tracing::warn!(
             "fork mode: forked children are not placed in cgroups yet (process-group kills only)"
@@ -266,6 +266,7 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
 /// The instance's cgroup, as `--cgroup` asks (named like the instance dir).
 fn instance_cgroup(
     mode: CgroupMode,
+    limits: crate::cgroup::Limits,
     instance_dir: &Path,
 ) -> Result<Option<crate::cgroup::Tree>, ServerError> {
     if mode == CgroupMode::Off {
@@ -276,7 +277,20 @@ fn instance_cgroup(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    match crate::cgroup::Tree::create(&name) {
+    // Limits are a promise: with one asked for, no cgroups is an error, not a fallback.
+    let mode = if limits.any() {
+        CgroupMode::Required
+    } else {
+        mode
+    };
+    let made = crate::cgroup::Tree::create(&name).and_then(|mut t| {
+        if let Err(e) = t.apply_limits(limits) {
+            let _ = t.remove();
+            return Err(e);
+        }
+        Ok(t)
+    });
+    match made {
         Ok(t) => {
             let controllers =
                 std::fs::read_to_string(t.path.join("cgroup.controllers")).unwrap_or_default();
@@ -292,7 +306,11 @@ fn instance_cgroup(
             Ok(None)
         }
         Err(e) => Err(ServerError::Setup {
-            what: "--cgroup required",
+            what: if limits.any() {
+                "per-child limits"
+            } else {
+                "--cgroup required"
+            },
             source: std::io::Error::other(e.to_string()),
         }),
     }

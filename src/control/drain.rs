@@ -181,6 +181,7 @@ impl Control {
         let Some(tree) = &self.cfg.cgroups else {
             return;
         };
+        tree.remove_dead_leaves();
         for (path, fd) in tree.stale() {
             tracing::warn!(cgroup = %path.display(),
                 "killing what runs in the cgroup of a dead ringmux instance");

@@ -177,11 +177,15 @@ impl Control {
         let cause = match live.killed {
             Some(c) => c,
             None if live.setup_failed => ExitCause::SetupFailed,
+            None if live.cgroup.as_ref().is_some_and(|c| c.oom_killed()) => ExitCause::Oom,
             None => ExitCause::Crashed,
         };
         self.metrics.child_exited(cause);
         self.metrics.live_children.store(self.live as u64, Relaxed);
-        if matches!(cause, ExitCause::Crashed) {
+        if cause == ExitCause::Oom {
+            tracing::warn!(key = %label, pid = live.pid, %how,
+                "child killed by its memory limit (--child-memory-max): exit cause oom");
+        } else if matches!(cause, ExitCause::Crashed) {
             tracing::warn!(key = %label, pid = live.pid, %how, "child died on its own");
         } else {
             tracing::info!(key = %label, pid = live.pid, %how, "child stopped");
@@ -189,7 +193,10 @@ impl Control {
         let post_mortem = self.cfg.keep_failed_dirs
             && matches!(
                 cause,
-                ExitCause::Crashed | ExitCause::ReadyTimeout | ExitCause::SetupFailed
+                ExitCause::Crashed
+                    | ExitCause::ReadyTimeout
+                    | ExitCause::SetupFailed
+                    | ExitCause::Oom
             );
         let cgroup = live.cgroup.take();
         drop(live);

@@ -228,3 +228,26 @@ def test_closed_rollouts_cpu_is_accounted(ringmux_factory):
     assert rm.metric("ringmux_rollout_cpu_seconds_count") == 1
     assert 0.3 < rm.metric("ringmux_rollout_cpu_seconds_sum") < 5
     rm.stop()
+
+
+@pytest.mark.parametrize("flag,value,controller", [
+    ("--child-memory-max", "512M", "memory"),
+    ("--child-pids-max", "64", "pids"),
+    ("--child-cpu-max", "0.5", "cpu"),
+])
+def test_a_limit_whose_controller_is_missing_is_refused(tmp_path, flag, value, controller):
+    """This machine's cgroup v2 has no controllers (they are bound to v1):
+    a limit ringmux cannot enforce is a clear error, not a silent no-op."""
+    import subprocess
+
+    with open(os.path.join(MOUNT, "cgroup.controllers")) as f:
+        assert controller not in f.read().split(), "this test expects the controller to be missing"
+    before = set(os.listdir(MOUNT))
+    p = subprocess.run([str(RINGMUX_BIN), "serve", "--listen", "127.0.0.1:0", "--base-dir", str(tmp_path),
+                        "--demo", flag, value], capture_output=True, text=True, timeout=20)
+    assert p.returncode == 1, (p.returncode, p.stderr)
+    assert f"{flag} needs the cgroup v2 {controller} controller" in p.stderr, p.stderr
+    assert set(os.listdir(MOUNT)) - before == set(), "the refused instance left a cgroup"
+    p = subprocess.run([str(RINGMUX_BIN), "serve", "--demo", "--cgroup", "off", flag, value],
+                       capture_output=True, text=True, timeout=20)
+    assert p.returncode == 2 and "need cgroups" in p.stderr, (p.returncode, p.stderr)
