@@ -538,6 +538,11 @@ impl ChildCgroup {
         )?)
     }
 
+    /// Its path and open directory (to remove it later, once empty).
+    pub fn into_parts(self) -> (PathBuf, OwnedFd) {
+        (self.path, self.dir)
+    }
+
     /// Removes it (it must be empty).
     pub fn remove(self) -> io::Result<()> {
         fs::remove_dir(&self.path)

@@ -60,6 +60,9 @@ struct Process {
     started: Instant,
     /// Why we killed it, if we did.
     killed: Option<&'static str>,
+    /// Its own cgroup (with cgroups): what it starts besides children for
+    /// rollouts dies with it, pre-forked children included.
+    cgroup: Option<crate::cgroup::ChildCgroup>,
 }
 
 enum State {
@@ -173,14 +176,28 @@ impl Control {
                 (ENV_PROTOCOL, PROTOCOL_VERSION.to_string()),
                 (ENV_RINGMUX_PID, std::process::id().to_string()),
             ];
-            let spawned = start_process(&fs.cfg.argv, &fs.dir, theirs.as_fd(), &env, None)
-                .map_err(|e| e.to_string())?;
+            let cgroup = match &self.cfg.cgroups {
+                None => None,
+                Some(t) => Some(
+                    t.child(&format!("{DIR_NAME}-{}", fs.generation + 1))
+                        .map_err(|e| format!("its cgroup: {e}"))?,
+                ),
+            };
+            let procs = cgroup.as_ref().map(|c| c.procs());
+            let spawned = start_process(&fs.cfg.argv, &fs.dir, theirs.as_fd(), &env, procs)
+                .map_err(|e| {
+                    if let Some(cg) = &cgroup {
+                        let _ = std::fs::remove_dir(&cg.path);
+                    }
+                    e.to_string()
+                })?;
             Ok(Process {
                 pid: spawned.pid,
                 pidfd: spawned.pidfd,
                 chan: ours,
                 started: Instant::now(),
                 killed: None,
+                cgroup,
             })
         })();
         let process = match started {
@@ -632,6 +649,7 @@ impl Control {
             return;
         };
         let up_for = p.started.elapsed();
+        drop(p.chan);
         let how = match exit {
             Some(e) if e.code == libc::CLD_EXITED => format!("exited with status {}", e.status),
             Some(e) => format!("killed by signal {}", e.status),
@@ -647,7 +665,14 @@ impl Control {
             tracing::error!(pid = p.pid, %how, killed_because = p.killed.unwrap_or("-"),
                 up_s = up_for.as_secs_f64(), "fork server died; live children keep serving");
         }
-        drop(p);
+        if let Some(cg) = p.cgroup {
+            // Its helpers and its pool go with it; the cgroup is removed once
+            // empty (checked on the heartbeat).
+            if let Err(e) = cg.kill() {
+                tracing::warn!(cgroup = %cg.name, error = %e, "cgroup.kill of the fork server failed");
+            }
+            self.stale_cgroups.push(cg.into_parts());
+        }
         let ids: Vec<(u64, bool)> = self
             .fs()
             .pending

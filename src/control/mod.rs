@@ -129,7 +129,8 @@ pub struct Control {
     cleanups: Slab<ActiveCleanup>,
     /// Untracked children of ringmux being reaped: (pid, pidfd).
     orphans: Slab<(u32, OwnedFd)>,
-    /// Cgroups of dead instances, killed, removed once empty.
+    /// Killed cgroups (dead instances', dead fork servers'), removed once
+    /// empty.
     stale_cgroups: Vec<(PathBuf, OwnedFd)>,
     next_child_id: u64,
     live: usize,
@@ -285,6 +286,7 @@ impl Control {
                 if self.keys.is_empty()
                     && self.cleanups.is_empty()
                     && self.orphans.is_empty()
+                    && self.stale_cgroups.is_empty()
                     && fork_gone
                 {
                     if let Some(t) = &self.cfg.cgroups {

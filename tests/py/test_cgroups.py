@@ -251,3 +251,18 @@ def test_a_limit_whose_controller_is_missing_is_refused(tmp_path, flag, value, c
     p = subprocess.run([str(RINGMUX_BIN), "serve", "--demo", "--cgroup", "off", flag, value],
                        capture_output=True, text=True, timeout=20)
     assert p.returncode == 2 and "need cgroups" in p.stderr, (p.returncode, p.stderr)
+
+
+def test_the_fork_servers_own_helpers_die_with_it(ringmux_factory, tag):
+    """The fork server runs in a cgroup of its own: a daemon its setup
+    started (setsid, out of its process group) dies when it stops."""
+    from conftest import CHILDREN, PY
+
+    cmd = [PY, "-m", "ringmux_fork", "fork_child:app", "--app-dir", str(CHILDREN),
+           "--setup", "fork_child:setup"]
+    rm = ringmux_factory(cmd=cmd, args=["--fork", "--cgroup", "required"],
+                         env={"FORK_CHILD_SETUP_DAEMON": str(tag)})
+    wait_until(lambda: len(escapees(tag)) == 1, 20, what="the fork server's daemon")
+    assert "_forkserver-1" in proc_cgroup(escapees(tag)[0])
+    rm.stop()
+    assert escapees(tag) == [], "the fork server's daemon outlived ringmux's shutdown"
