@@ -119,6 +119,19 @@ pub fn pidfd_is_our_child(pidfd: BorrowedFd<'_>) -> io::Result<bool> {
     }
 }
 
+/// Whether the process of `pidfd` has exited (a pidfd polls readable then).
+pub fn pidfd_exited(pidfd: BorrowedFd<'_>) -> bool {
+    let mut fds = [rustix::event::PollFd::new(
+        &pidfd,
+        rustix::event::PollFlags::IN,
+    )];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    rustix::event::poll(&mut fds, Some(&zero)).is_ok_and(|n| n > 0)
+}
+
 /// Which side of [`fork_into_parent`] we are on.
 #[derive(Debug)]
 pub enum Forked {

@@ -390,6 +390,19 @@ impl Control {
         }
     }
 
+    /// Handles whatever the fork server has sent so far (before the zombie
+    /// sweep, so every child it reported is tracked). Its poll stays armed.
+    pub(super) fn drain_fork_channel_now(&mut self) {
+        if self
+            .fs()
+            .process
+            .as_ref()
+            .is_some_and(|p| p.killed.is_none())
+        {
+            self.drain_fork_channel();
+        }
+    }
+
     /// Reads and handles messages until none is queued. Returns whether the
     /// channel should be watched again (false at end of stream or after a
     /// protocol error, for which the fork server was killed).
@@ -549,6 +562,14 @@ impl Control {
         }
         match sys::pidfd_is_our_child(pidfd.as_fd()) {
             Ok(true) => {}
+            // Already dead and reaped (the once-a-second zombie sweep can
+            // reap a child that died before its report was read): a failed
+            // start, not a broken fork server.
+            Ok(false) if sys::pidfd_exited(pidfd.as_fd()) => {
+                tracing::warn!(pid, "the forked child died before ringmux could watch it");
+                self.fork_spawn_failed(id, Some(p), fork_error("its child died at once"));
+                return true;
+            }
             other => {
                 let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
                 tracing::error!(pid, ?other,

@@ -202,6 +202,10 @@ impl Control {
     /// PID 1 of a container, any orphan the kernel reparented to it. Only
     /// zombies: nothing alive is touched. Runs once a second.
     pub(super) fn reap_untracked_zombies(&mut self) {
+        // Children the fork server already reported become tracked first.
+        if self.fork.as_ref().is_some_and(|f| f.pid().is_some()) {
+            self.drain_fork_channel_now();
+        }
         let tracked = self.tracked_pids();
         for pid in own_children() {
             if tracked.contains(&pid) || !is_zombie(pid) {
