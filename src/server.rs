@@ -71,11 +71,6 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         source: e.into(),
     })?;
     let cgroups = instance_cgroup(cfg.cgroup, cfg.limits, &instance_dir)?;
-    if cfg.fork.is_some() && cgroups.is_some() {
-        tracing::warn!(
-            "fork mode: forked children are not placed in cgroups yet (process-group kills only)"
-        );
-    }
     let metrics = Arc::new(Metrics::new(cfg.workers));
     let admin = match cfg.admin {
         Some(addr) => {

@@ -60,6 +60,40 @@ pub(super) fn redact(text: &str, query: &str) -> String {
     out
 }
 
+/// Reads a forked child's one status message, if it came; returns the
+/// socket when nothing is there yet (to keep listening).
+fn read_status(key: RouteKey, live: &mut Live, query: &str) -> Option<std::os::fd::OwnedFd> {
+    let status = live.status.take()?;
+    let since = live.child.spawned.elapsed().as_secs_f64() * 1000.0;
+    match channel::recv(status.as_fd()).map(|m| m.map(|m| FromChild::parse(&m.bytes))) {
+        Ok(Some(Ok(FromChild::SetupDone))) => {
+            tracing::debug!(key = %key.label(), pid = live.pid, ms = since, "child setup done");
+        }
+        Ok(Some(Ok(FromChild::SetupFailed { error }))) => {
+            let error = redact(&error, query);
+            tracing::error!(key = %key.label(), pid = live.pid, %error,
+                "the child's per-rollout setup failed; killing it");
+            live.setup_failed = true;
+            // (Not when read at its exit: it is reaped already.)
+            if live.killed.is_none() && live.child.is_alive() {
+                kill(live, ExitCause::SetupFailed);
+            }
+        }
+        Ok(Some(Err(e))) => {
+            tracing::warn!(key = %key.label(), pid = live.pid, error = %e,
+                "invalid message on a child's status socket");
+        }
+        // It closed the socket without a word (it exited): its exit says why.
+        Ok(None) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(status),
+        Err(e) => {
+            tracing::warn!(key = %key.label(), pid = live.pid, error = %e,
+                "cannot read a child's status socket");
+        }
+    }
+    None
+}
+
 impl Control {
     pub(super) fn on_ready_deadline(&mut self, child_id: u64) {
         let Some(key) = self.by_child.get(&child_id).copied() else {
@@ -92,48 +126,19 @@ impl Control {
         if live.child.id != child_id {
             return;
         }
-        let Some(status) = live.status.take() else {
+        let Some(again) = read_status(key, live, &acquirers.query) else {
             return;
         };
-        let since = live.child.spawned.elapsed().as_secs_f64() * 1000.0;
-        match channel::recv(status.as_fd()).map(|m| m.map(|m| FromChild::parse(&m.bytes))) {
-            Ok(Some(Ok(FromChild::SetupDone))) => {
-                tracing::debug!(key = %key.label(), pid = live.pid, ms = since, "child setup done");
-            }
-            Ok(Some(Ok(FromChild::SetupFailed { error }))) => {
-                let error = redact(&error, &acquirers.query);
-                tracing::error!(key = %key.label(), pid = live.pid, %error,
-                    "the child's per-rollout setup failed; killing it");
-                live.setup_failed = true;
-                if live.killed.is_none() {
-                    kill(live, ExitCause::SetupFailed);
-                }
-            }
-            Ok(Some(Err(e))) => {
-                tracing::warn!(key = %key.label(), pid = live.pid, error = %e,
-                    "invalid message on a child's status socket");
-            }
-            // It closed the socket without a word (it exited): its exit says why.
-            Ok(None) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                // A spurious wake-up: keep listening.
-                if self
-                    .ring
-                    .push(
-                        Op::PollAdd {
-                            fd: std::os::fd::AsRawFd::as_raw_fd(&status),
-                            events: libc::POLLIN as u32,
-                        },
-                        tag(super::K_STATUS, child_id),
-                    )
-                    .is_ok()
-                {
-                    live.status = Some(status);
-                }
-            }
-            Err(e) => {
-                tracing::warn!(key = %key.label(), pid = live.pid, error = %e,
-                    "cannot read a child's status socket");
+        // A spurious wake-up: keep listening.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&again);
+        let events = libc::POLLIN as u32;
+        if self
+            .ring
+            .push(Op::PollAdd { fd, events }, tag(super::K_STATUS, child_id))
+            .is_ok()
+        {
+            if let Some(KeyState::Running { live, .. }) = self.keys.get_mut(&key) {
+                live.status = Some(again);
             }
         }
     }
@@ -153,6 +158,9 @@ impl Control {
         self.live = self.live.saturating_sub(1);
         live.child.mark_dead();
         self.ports.remove(&live.child.addr.port());
+        // A setup report written just before it exited may not have been
+        // read yet: read it now, so a failed hook is logged as such.
+        let _ = read_status(key, &mut live, &acquirers.query);
         if live.killed.is_none() {
             // It died on its own: take down what it left in its group.
             if let Some(pgid) = rustix::process::Pid::from_raw(live.pid as i32) {
