@@ -122,7 +122,7 @@ def wait_line(p, pattern, timeout):
 
 
 class Target:
-    def __init__(self, name, python, base, warm_mib, helper_args=()):
+    def __init__(self, name, python, base, warm_mib, helper_args=(), ringmux_args=()):
         self.name = name
         self.base = base
         env = dict(os.environ, FORK_CHILD_WARM_MIB=str(warm_mib))
@@ -135,7 +135,7 @@ class Target:
         else:
             env["RINGMUX_LOG"] = "info,ringmux::control=debug,ringmux::dataplane=debug"
             argv = [RINGMUX, "serve", "--listen", "127.0.0.1:0", "--base-dir", os.path.join(base, "d"),
-                    "--ready-timeout", "120s", "--max-children", "4096"]
+                    "--ready-timeout", "120s", "--max-children", "4096", *ringmux_args]
             if name == "fork":
                 argv += ["--fork", "--", python, "-m", "ringmux_fork", "fork_child:app", "--app-dir", CHILDREN,
                          *helper_args]
@@ -324,9 +324,11 @@ def table(res):
     return "\n".join(out) + "\n"
 
 
-AB = {
-    "hugepages": (("with", ()), ("without", ("--no-hugepages",))),
-    "pool": (("pool 2", ("--pool", "2")), ("pool 0", ("--pool", "0"))),
+AB = {  # label: (helper args, ringmux args)
+    "hugepages": (("with", ((), ())), ("without", (("--no-hugepages",), ()))),
+    "pool": (("pool 2", (("--pool", "2"), ())), ("pool 0", (("--pool", "0"), ()))),
+    "cgroup": (("cgroup per child", ((), ("--cgroup", "required"))),
+               ("no cgroups", ((), ("--cgroup", "off")))),
 }
 
 
@@ -341,7 +343,7 @@ def ab(python, workdir, what, reps, n, warm_mib):
             order.reverse()
         for label, extra in order:
             base = tempfile.mkdtemp(prefix=f"ab-{label}-", dir=workdir)
-            t = Target("fork", python, base, warm_mib, extra)
+            t = Target("fork", python, base, warm_mib, *extra)
             try:
                 f = first_requests(t, n)
                 b = breakdown(t.log, n)
@@ -358,7 +360,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--ab", choices=sorted(AB), help="instead: fork mode with two helper settings "
-                    "(hugepages: with/without; pool: --pool 2 / 0), --reps alternating pairs of 30 keys")
+                    "(hugepages: with/without; pool: --pool 2 / 0; cgroup: ringmux --cgroup required / off), "
+                    "--reps alternating pairs of 30 keys")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--warm-mib", type=int, default=200)
     ap.add_argument("--python", default=sys.executable, help="Python with mcp, uvicorn and ringmux_fork")
