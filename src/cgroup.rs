@@ -233,11 +233,7 @@ pub fn populated(dir: BorrowedFd<'_>) -> io::Result<bool> {
         OFlags::RDONLY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    let text = io::read_to_string(fs::File::from(fd))?;
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix("populated "))
-        .is_some_and(|v| v.trim() != "0"))
+    populated_events(fd.as_fd())
 }
 
 /// Whether the `cgroup.events` file open at `events` says something still

@@ -15,7 +15,7 @@ use crate::route::{Failure, RouteKey};
 use crate::zygote::{channel, proto::FromChild};
 
 use super::cleanup::Cleanup;
-use super::keys::{KeyState, Live, Waiting};
+use super::keys::{Ended, KeyState, Live, Waiting};
 use super::{tag, ActiveCleanup, Control, K_IGNORE, K_UNLINK};
 
 /// Kills a child and its process group.
@@ -208,23 +208,30 @@ impl Control {
             );
         let cgroup = live.cgroup.take();
         drop(live);
+        let end = Ended {
+            key,
+            child_id,
+            post_mortem,
+            closers,
+            acquirers,
+        };
         match cgroup {
             // Whatever else ran in its cgroup goes first.
-            Some(cg) => self.drain(key, child_id, cg, post_mortem, closers, acquirers),
-            None => self.child_gone(key, child_id, post_mortem, closers, acquirers),
+            Some(cg) => self.drain(cg, end),
+            None => self.child_gone(end),
         }
     }
 
     /// A child and everything it started are gone: keep its directory for a
     /// post-mortem or remove it.
-    pub(super) fn child_gone(
-        &mut self,
-        key: RouteKey,
-        child_id: u64,
-        post_mortem: bool,
-        closers: Vec<(usize, u64)>,
-        acquirers: Waiting,
-    ) {
+    pub(super) fn child_gone(&mut self, end: Ended) {
+        let Ended {
+            key,
+            child_id,
+            post_mortem,
+            closers,
+            acquirers,
+        } = end;
         if post_mortem && self.keep_for_post_mortem(key, child_id) {
             self.finish_teardown(key, closers, acquirers);
             return;

@@ -46,6 +46,17 @@ impl Waiting {
     }
 }
 
+/// A key whose child is reaped, on its way to the directory teardown: who
+/// waits for the close, who waits for a new child.
+pub(super) struct Ended {
+    pub key: RouteKey,
+    pub child_id: u64,
+    /// Keep its directory for a post-mortem (`--keep-failed-dirs`).
+    pub post_mortem: bool,
+    pub closers: Vec<(usize, u64)>,
+    pub acquirers: Waiting,
+}
+
 /// One live child process.
 pub(super) struct Live {
     pub child: Arc<ChildInfo>,
@@ -79,14 +90,10 @@ pub(super) enum KeyState {
     /// Its child is reaped; what else ran in its cgroup was killed and is
     /// not gone yet (nothing may start in its directory before).
     Draining {
-        child_id: u64,
         cgroup: crate::cgroup::ChildCgroup,
         /// `cgroup.events`, read to see it empty, polled for changes.
         events: OwnedFd,
-        /// Keep its directory for a post-mortem (`--keep-failed-dirs`).
-        post_mortem: bool,
-        closers: Vec<(usize, u64)>,
-        acquirers: Waiting,
+        end: Ended,
     },
     /// Its child is gone and its directory is being removed.
     Teardown {
@@ -121,7 +128,10 @@ impl Control {
             }
             Some(
                 KeyState::Starting { acquirers, .. }
-                | KeyState::Draining { acquirers, .. }
+                | KeyState::Draining {
+                    end: Ended { acquirers, .. },
+                    ..
+                }
                 | KeyState::Teardown { acquirers, .. },
             ) => {
                 acquirers.add(worker, query);
@@ -155,7 +165,10 @@ impl Control {
             // A starting child is killed as soon as it exists.
             Some(
                 KeyState::Starting { closers, .. }
-                | KeyState::Draining { closers, .. }
+                | KeyState::Draining {
+                    end: Ended { closers, .. },
+                    ..
+                }
                 | KeyState::Teardown { closers, .. },
             ) => closers.push((worker, token)),
         }

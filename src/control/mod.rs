@@ -129,6 +129,8 @@ pub struct Control {
     cleanups: Slab<ActiveCleanup>,
     /// Untracked children of ringmux being reaped: (pid, pidfd).
     orphans: Slab<(u32, OwnedFd)>,
+    /// Keys in `Draining` (checked on the heartbeat).
+    draining: HashSet<RouteKey>,
     /// Killed cgroups (dead instances', dead fork servers'), removed once
     /// empty.
     stale_cgroups: Vec<(PathBuf, OwnedFd)>,
@@ -190,6 +192,7 @@ impl Control {
             cleanups: Slab::new(),
             orphans: Slab::new(),
             stale_cgroups: Vec::new(),
+            draining: HashSet::new(),
             next_child_id: 1,
             live: 0,
             shutdown: None,

@@ -712,26 +712,27 @@ impl Worker {
         for b in cl.pending.iter_mut() {
             b.detach();
         }
+        // Only the first waiter asks; only its query is needed (a forked
+        // child's hook gets it), so only it is copied.
+        let list = self.waiting.entry(key).or_default();
+        list.push(r);
+        let query = (list.len() == 1).then(|| head.query().unwrap_or("").to_string());
         cl.phase = Phase::Waiting {
             key,
             head: Box::new(head),
             missed,
         };
-        let query = match &cl.phase {
-            Phase::Waiting { head, .. } => head.query().unwrap_or("").to_string(),
-            _ => String::new(),
+        let Some(query) = query else {
+            return;
         };
-        let list = self.waiting.entry(key).or_default();
-        list.push(r);
-        if list.len() == 1
-            && self
-                .control
-                .send(ToControl::Acquire {
-                    key,
-                    worker: self.id,
-                    query,
-                })
-                .is_err()
+        if self
+            .control
+            .send(ToControl::Acquire {
+                key,
+                worker: self.id,
+                query,
+            })
+            .is_err()
         {
             self.waiting.remove(&key);
             self.respond_error(r, &ProxyError::ShuttingDown);
