@@ -780,11 +780,10 @@ impl Control {
         let fs = self.fs();
         let running = fs.process.is_some();
         fs.kill("shutdown");
+        fs.state = State::Stopped;
+        // A running one's directory goes when its exit is seen.
         if !running {
-            fs.state = State::Stopped;
             self.remove_fork_server_dir();
-        } else {
-            fs.state = State::Stopped;
         }
     }
 
