@@ -245,6 +245,8 @@ class Ringmux:
         self._seen_children: dict[int, int] = {}  # pid -> starttime
         self._stopped = False
         self.metrics_url: str | None = None  # set when started with --admin
+        # A launcher that execs argv (e.g. to start ringmux in a given cgroup).
+        self.wrap: list[str] | None = None
 
     # -- lifecycle ---------------------------------------------------------
     def start(self, ready_within: float = 20.0) -> "Ringmux":
@@ -272,7 +274,7 @@ class Ringmux:
             env.update(self.env)
         self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
-            argv,
+            (self.wrap or []) + argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._stderr,

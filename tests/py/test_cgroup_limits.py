@@ -1,0 +1,218 @@
+"""Per-child limits (--child-pids-max, --child-cpu-max) enforced for real.
+
+This machine mounts cgroup v1 beside v2 (hybrid): every controller is bound
+to a v1 hierarchy, so v2 offers none. A v1 hierarchy that holds only its
+root cgroup can be unmounted, which hands its controller to v2; this module
+does that for `pids` and `cpu` for its duration and mounts them back on v1
+afterwards, so the rest of the suite sees the machine as it was. `memory`
+cannot be freed here (the sandbox's own process manager has cgroups in the
+v1 memory hierarchy), so --child-memory-max and the `oom` exit cause are not
+exercised on this machine (see README, "Containment")."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import RINGMUX_BIN, wait_until
+from test_cgroups import MOUNT, demo, escapees, new_tag
+
+V1 = "/sys/fs/cgroup"
+FREED = ("pids", "cpu")
+
+
+def v1_hierarchies() -> dict[str, tuple[int, int]]:
+    """subsys -> (hierarchy id, number of cgroups) from /proc/cgroups."""
+    out = {}
+    with open("/proc/cgroups") as f:
+        for line in f:
+            if not line.startswith("#"):
+                name, hier, num, _enabled = line.split()
+                out[name] = (int(hier), int(num))
+    return out
+
+
+def v2_controllers(path: str = MOUNT) -> list[str]:
+    with open(os.path.join(path, "cgroup.controllers")) as f:
+        return f.read().split()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def free_controllers():
+    assert MOUNT is not None and os.geteuid() == 0, "needs cgroup v2 and root"
+    unmounted = []
+    for c in FREED:
+        if c in v2_controllers():
+            continue
+        hier, num = v1_hierarchies()[c]
+        assert hier != 0 and num == 1, (
+            f"cannot hand the {c} controller to cgroup v2 here: its v1 hierarchy has {num} cgroups")
+        subprocess.run(["umount", os.path.join(V1, c)], check=True)
+        unmounted.append(c)
+    wait_until(lambda: all(c in v2_controllers() for c in FREED), 5,
+               what="pids and cpu to appear on cgroup v2")
+    before = set(os.listdir(MOUNT))
+    yield
+    # Give them back: no v2 cgroup may still use them (an instance a failed
+    # test SIGKILLed leaves its cgroups for the next instance: remove them).
+    for name in set(os.listdir(MOUNT)) - before:
+        if os.path.isdir(os.path.join(MOUNT, name)):
+            remove_cgroup_tree(os.path.join(MOUNT, name))
+    with open(os.path.join(MOUNT, "cgroup.subtree_control"), "w") as f:
+        f.write(" ".join(f"-{c}" for c in FREED))
+    for c in unmounted:
+        # The kernel releases a controller from v2 asynchronously: retry.
+        for _ in range(100):
+            if subprocess.run(["mount", "-t", "cgroup", "-o", c, "cgroup", os.path.join(V1, c)],
+                              capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+    assert not any(c in v2_controllers() for c in unmounted)
+
+
+def remove_cgroup_tree(top: str) -> None:
+    """Kill everything in `top` and remove it, deepest first."""
+    try:
+        with open(f"{top}/cgroup.kill", "w") as f:
+            f.write("1")
+    except OSError:
+        pass
+    deadline = time.monotonic() + 10
+    while os.path.exists(top) and time.monotonic() < deadline:
+        for d, _, _ in sorted(os.walk(top), key=lambda t: len(t[0]), reverse=True):
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+        time.sleep(0.05)
+    assert not os.path.exists(top), f"could not remove the test's cgroup {top}"
+
+
+def child_cgroups(rm) -> list[str]:
+    own = open(f"/proc/{rm.pid}/cgroup").read().split("0::", 1)[1].split()[0]
+    parent = os.path.dirname(own) if own.endswith(".supervisor") else own
+    inst = os.path.join(MOUNT, parent.lstrip("/"), os.path.basename(rm.instance_dir))
+    return [os.path.join(inst, d) for d in os.listdir(inst) if os.path.isdir(os.path.join(inst, d))]
+
+
+def read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def kv(path: str) -> dict[str, int]:
+    return {k: int(v) for k, v in (line.split() for line in read(path).splitlines())}
+
+
+def forker(tag: int, n: int, keep: int, report: str) -> list[str]:
+    """A child that tries to start n sleepers, writes how many it got, keeps
+    `keep` of them (so the demo child's own threads have room under the
+    limit: threads count as pids), then becomes the demo child."""
+    script = (
+        "import os, signal\n"
+        "pids = []\n"
+        f"for i in range({n}):\n"
+        "    try:\n"
+        "        pid = os.fork()\n"
+        "    except BlockingIOError:\n"
+        "        continue\n"
+        "    if pid == 0:\n"
+        f"        os.execvp('sleep', ['sleep', '{tag}1'])\n"
+        "    pids.append(pid)\n"
+        f"open({report!r}, 'w').write(str(len(pids)))\n"
+        f"for pid in pids[{keep}:]:\n"
+        "    os.kill(pid, signal.SIGKILL)\n"
+        "    os.waitpid(pid, 0)\n"
+        f"os.execv({str(RINGMUX_BIN)!r}, [{str(RINGMUX_BIN)!r}, 'demo-child'])\n"
+    )
+    return [sys.executable, "-c", script]
+
+
+@pytest.fixture
+def tag():
+    t = new_tag()
+    yield t
+    for p in escapees(t):
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def test_pids_max_caps_what_a_rollout_can_start(ringmux_factory, tmp_path, tag):
+    report = str(tmp_path / "forked")
+    rm = ringmux_factory(cmd=forker(tag, 20, 2, report),
+                         args=["--cgroup", "required", "--child-pids-max", "16"])
+    r = demo(rm, "pids-key")
+    assert r.status_code == 200, r.text
+    # The child itself is one of the 16: 15 sleepers, the other 5 forks refused.
+    assert read(report) == "15"
+    assert len(escapees(tag)) == 2
+    [cg] = child_cgroups(rm)
+    assert read(f"{cg}/pids.max").strip() == "16"
+    assert kv(f"{cg}/pids.events")["max"] == 5
+    assert rm.close_key("pids-key").text == "closed"
+    assert escapees(tag) == [], "a sleeper outlived its rollout's close"
+    assert not os.path.exists(cg)
+    rm.stop()
+
+
+def test_cpu_max_throttles_a_rollout(ringmux_factory, tag):
+    spin = ["sh", "-c", f"timeout 3 sh -c 'while :; do :; done' & exec {RINGMUX_BIN} demo-child"]
+    rm = ringmux_factory(cmd=spin, args=["--cgroup", "required", "--child-cpu-max", "0.1",
+                                         "--admin", "127.0.0.1:0"])
+    assert demo(rm, "cpu-key").status_code == 200
+    [cg] = child_cgroups(rm)
+    assert read(f"{cg}/cpu.max").split() == ["10000", "100000"]
+    wait_until(lambda: kv(f"{cg}/cpu.stat")["nr_throttled"] >= 3, 10,
+               what="the spinning child to be throttled")
+    stat = kv(f"{cg}/cpu.stat")
+    assert stat["throttled_usec"] > 0
+    assert rm.close_key("cpu-key").text == "closed"
+    assert not os.path.exists(cg)
+    rm.stop()
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "open finding (issue #10): started by this test, ringmux's move of itself into "
+    "<instance>.supervisor fails with EOPNOTSUPP, while the same command from a shell or a "
+    "plain Python script succeeds; ringmux refuses to start with a clear error then"))
+def test_a_non_root_cgroup_moves_ringmux_into_a_leaf(ringmux_factory, tmp_path, tag):
+    """cgroup v2 gives no controllers to the children of a cgroup that has
+    processes in it: ringmux, started in a cgroup of its own (as a systemd
+    service with Delegate=yes is), moves itself into `<instance>.supervisor`
+    beside the instance's cgroup; the next instance removes a dead one's leaf."""
+    svc = os.path.join(MOUNT, f"rmx-test-svc-{tag}")
+    os.mkdir(svc)
+    with open(os.path.join(MOUNT, "cgroup.subtree_control"), "w") as f:
+        f.write("+pids")
+    try:
+        def start():
+            rm = ringmux_factory(demo=True, args=["--cgroup", "required", "--child-pids-max", "7"],
+                                 start=False)
+            rm.wrap = ["sh", "-c", f'echo $$ > {svc}/cgroup.procs && exec "$@"', "sh"]
+            return rm.start()
+
+        first = start()
+        own = read(f"/proc/{first.pid}/cgroup").split("0::", 1)[1].split()[0]
+        name = os.path.basename(first.instance_dir)
+        assert own == f"/rmx-test-svc-{tag}/{name}.supervisor", own
+        assert "pids" in read(f"{svc}/cgroup.subtree_control").split()
+        assert demo(first, "leaf-key").status_code == 200
+        [cg] = child_cgroups(first)
+        assert read(f"{cg}/pids.max").strip() == "7"
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(10)
+        assert os.path.isdir(f"{svc}/{name}.supervisor")
+        second = start()
+        wait_until(lambda: not os.path.exists(f"{svc}/{name}.supervisor")
+                   and not os.path.exists(f"{svc}/{name}"), 10,
+                   what="the dead instance's leaf and cgroup to be removed")
+        second.stop()
+    finally:
+        remove_cgroup_tree(svc)
