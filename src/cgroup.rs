@@ -128,6 +128,17 @@ pub enum CgroupError {
         /// What is there.
         available: String,
     },
+    /// Our cgroup's controllers are enabled for a cgroup we may not remove
+    /// (another live instance's), so we cannot get a leaf of our own.
+    #[error("{path} already gives the {controllers} controller(s) to a live cgroup (another ringmux instance with limits?): with limits, run each instance in a cgroup of its own ({source})")]
+    Shared {
+        /// Our cgroup.
+        path: PathBuf,
+        /// What is enabled there.
+        controllers: String,
+        /// Why disabling failed.
+        source: io::Error,
+    },
     /// Enabling a controller for the children failed.
     #[error("enabling the {controller} controller below {path}: {source}")]
     Enable {
@@ -335,6 +346,7 @@ impl Tree {
         let is_root = !self.parent.join("cgroup.procs").exists()
             || fs::read_to_string(self.parent.join("cgroup.type")).is_err();
         if !is_root {
+            self.clear_parent_controllers()?;
             // Our own leaf, beside the instance cgroup, so the parent has no
             // processes of its own.
             let leaf = self.path.with_extension("supervisor");
@@ -359,6 +371,47 @@ impl Tree {
         }
         self.limits = limits;
         Ok(())
+    }
+
+    /// A predecessor that was killed (not stopped) leaves its controllers
+    /// enabled in our parent, and with us in it the parent acts as a thread
+    /// root: the kernel then refuses (`EOPNOTSUPP`) to move us into a domain
+    /// leaf. So, before moving, remove dead instances' cgroups (nothing is
+    /// served yet, so waiting here delays no one; bounded to 2 s each) and
+    /// their leaves, and disable what they enabled. A live instance's cgroup
+    /// keeps its controllers, and we say that two instances with limits need
+    /// a cgroup each.
+    fn clear_parent_controllers(&self) -> Result<(), CgroupError> {
+        let enabled =
+            fs::read_to_string(self.parent.join("cgroup.subtree_control")).unwrap_or_default();
+        let enabled: Vec<&str> = enabled.split_whitespace().collect();
+        if enabled.is_empty() {
+            return Ok(());
+        }
+        for (path, fd) in self.stale() {
+            let _ = kill(fd.as_fd());
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while populated(fd.as_fd()).unwrap_or(false) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            match remove_tree(&path) {
+                Ok(()) => {
+                    tracing::info!(cgroup = %path.display(), "removed a dead instance's cgroup before taking over its controllers")
+                }
+                Err(e) => {
+                    tracing::warn!(cgroup = %path.display(), error = %e, "could not remove a dead instance's cgroup")
+                }
+            }
+        }
+        self.remove_dead_leaves();
+        let off: Vec<String> = enabled.iter().map(|c| format!("-{c}")).collect();
+        fs::write(self.parent.join("cgroup.subtree_control"), off.join(" ")).map_err(|source| {
+            CgroupError::Shared {
+                path: self.parent.clone(),
+                controllers: enabled.join(" "),
+                source,
+            }
+        })
     }
 
     /// Creates the cgroup of one child.

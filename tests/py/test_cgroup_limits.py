@@ -178,15 +178,14 @@ def test_cpu_max_throttles_a_rollout(ringmux_factory, tag):
     rm.stop()
 
 
-@pytest.mark.xfail(strict=False, raises=AssertionError, reason=(
-    "open finding (issue #10): started by this test, ringmux's move of itself into "
-    "<instance>.supervisor fails with EOPNOTSUPP, while the same command from a shell or a "
-    "plain Python script succeeds; ringmux refuses to start with a clear error then"))
 def test_a_non_root_cgroup_moves_ringmux_into_a_leaf(ringmux_factory, tmp_path, tag):
     """cgroup v2 gives no controllers to the children of a cgroup that has
     processes in it: ringmux, started in a cgroup of its own (as a systemd
     service with Delegate=yes is), moves itself into `<instance>.supervisor`
-    beside the instance's cgroup; the next instance removes a dead one's leaf."""
+    beside the instance's cgroup. After a SIGKILL the next instance starts in
+    the same cgroup, whose controllers the dead one enabled (which makes the
+    kernel refuse a move into a leaf): it removes the dead instance's cgroup
+    and leaf, takes the controllers over and runs."""
     svc = os.path.join(MOUNT, f"rmx-test-svc-{tag}")
     os.mkdir(svc)
     with open(os.path.join(MOUNT, "cgroup.subtree_control"), "w") as f:
@@ -210,9 +209,13 @@ def test_a_non_root_cgroup_moves_ringmux_into_a_leaf(ringmux_factory, tmp_path, 
         first.proc.wait(10)
         assert os.path.isdir(f"{svc}/{name}.supervisor")
         second = start()
-        wait_until(lambda: not os.path.exists(f"{svc}/{name}.supervisor")
-                   and not os.path.exists(f"{svc}/{name}"), 10,
-                   what="the dead instance's leaf and cgroup to be removed")
+        assert not os.path.exists(f"{svc}/{name}.supervisor")
+        assert not os.path.exists(f"{svc}/{name}")
+        assert demo(second, "leaf-key").status_code == 200
+        [cg] = child_cgroups(second)
+        assert read(f"{cg}/pids.max").strip() == "7"
+        name2 = os.path.basename(second.instance_dir)
         second.stop()
+        assert not os.path.exists(f"{svc}/{name2}"), "a stopped instance left its cgroup"
     finally:
         remove_cgroup_tree(svc)
