@@ -20,7 +20,7 @@ import time
 import pytest
 
 from conftest import RINGMUX_BIN, wait_until
-from test_cgroups import MOUNT, demo, escapees, new_tag
+from test_cgroups import MOUNT, demo, escapees, tag  # noqa: F401  (tag: the fixture)
 
 V1 = "/sys/fs/cgroup"
 FREED = ("pids", "cpu")
@@ -94,7 +94,7 @@ def remove_cgroup_tree(top: str) -> None:
 
 
 def child_cgroups(rm) -> list[str]:
-    own = open(f"/proc/{rm.pid}/cgroup").read().split("0::", 1)[1].split()[0]
+    own = read(f"/proc/{rm.pid}/cgroup").split("0::", 1)[1].split()[0]
     parent = os.path.dirname(own) if own.endswith(".supervisor") else own
     inst = os.path.join(MOUNT, parent.lstrip("/"), os.path.basename(rm.instance_dir))
     return [os.path.join(inst, d) for d in os.listdir(inst) if os.path.isdir(os.path.join(inst, d))]
@@ -133,17 +133,6 @@ def forker(tag: int, n: int, keep: int, report: str) -> list[str]:
     return [sys.executable, "-c", script]
 
 
-@pytest.fixture
-def tag():
-    t = new_tag()
-    yield t
-    for p in escapees(t):
-        try:
-            os.kill(p, signal.SIGKILL)
-        except OSError:
-            pass
-
-
 def test_pids_max_caps_what_a_rollout_can_start(ringmux_factory, tmp_path, tag):
     report = str(tmp_path / "forked")
     rm = ringmux_factory(cmd=forker(tag, 20, 2, report),
@@ -164,8 +153,7 @@ def test_pids_max_caps_what_a_rollout_can_start(ringmux_factory, tmp_path, tag):
 
 def test_cpu_max_throttles_a_rollout(ringmux_factory, tag):
     spin = ["sh", "-c", f"timeout 3 sh -c 'while :; do :; done' & exec {RINGMUX_BIN} demo-child"]
-    rm = ringmux_factory(cmd=spin, args=["--cgroup", "required", "--child-cpu-max", "0.1",
-                                         "--admin", "127.0.0.1:0"])
+    rm = ringmux_factory(cmd=spin, args=["--cgroup", "required", "--child-cpu-max", "0.1"])
     assert demo(rm, "cpu-key").status_code == 200
     [cg] = child_cgroups(rm)
     assert read(f"{cg}/cpu.max").split() == ["10000", "100000"]
