@@ -276,6 +276,9 @@ pub struct Tree {
     _lock: OwnedFd,
     /// Written into every child's cgroup.
     limits: Limits,
+    /// The leaf ringmux moved itself into (`<instance>.supervisor`) and the
+    /// controllers it enabled in the parent, so `remove` can put both back.
+    leaf: Option<PathBuf>,
 }
 
 impl Tree {
@@ -313,6 +316,7 @@ impl Tree {
             parent,
             _lock: fd,
             limits: Limits::default(),
+            leaf: None,
         })
     }
 
@@ -356,6 +360,7 @@ impl Tree {
                 source,
             };
             fs::create_dir(&leaf).map_err(enable)?;
+            self.leaf = Some(leaf.clone());
             fs::write(leaf.join("cgroup.procs"), b"0").map_err(enable)?;
         }
         for (controller, _) in limits.controllers() {
@@ -448,9 +453,36 @@ impl Tree {
         }
     }
 
-    /// Removes the (empty) instance cgroup.
+    /// Removes the (empty) instance cgroup; where ringmux moved itself into
+    /// a leaf, it also disables the controllers it enabled in the parent,
+    /// moves itself back and removes the leaf, so a stop leaves the parent as
+    /// it found it (a cgroup that holds a process cannot be removed, so only
+    /// this process can do that; what fails is logged, and the next instance
+    /// removes a leaf left behind).
     pub fn remove(&self) -> io::Result<()> {
-        fs::remove_dir(&self.path)
+        let removed = fs::remove_dir(&self.path);
+        if let Some(leaf) = &self.leaf {
+            let off: Vec<String> = self
+                .limits
+                .controllers()
+                .iter()
+                .map(|(c, _)| format!("-{c}"))
+                .collect();
+            if !off.is_empty() {
+                if let Err(e) = fs::write(self.parent.join("cgroup.subtree_control"), off.join(" "))
+                {
+                    tracing::warn!(cgroup = %self.parent.display(), error = %e,
+                        "could not disable the controllers ringmux enabled");
+                }
+            }
+            let back = fs::write(self.parent.join("cgroup.procs"), b"0")
+                .and_then(|()| fs::remove_dir(leaf));
+            if let Err(e) = back {
+                tracing::warn!(cgroup = %leaf.display(), error = %e,
+                    "could not leave and remove ringmux's own leaf cgroup");
+            }
+        }
+        removed
     }
 
     /// Removes the empty supervisor leaves (`<instance>.supervisor`) dead

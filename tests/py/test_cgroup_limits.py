@@ -20,7 +20,7 @@ import time
 import pytest
 
 from conftest import RINGMUX_BIN, wait_until
-from test_cgroups import MOUNT, demo, escapees, tag  # noqa: F401  (tag: the fixture)
+from test_cgroups import MOUNT, demo, escape_cmd, escapees, tag  # noqa: F401  (tag: the fixture)
 
 V1 = "/sys/fs/cgroup"
 FREED = ("pids", "cpu")
@@ -205,5 +205,62 @@ def test_a_non_root_cgroup_moves_ringmux_into_a_leaf(ringmux_factory, tmp_path, 
         name2 = os.path.basename(second.instance_dir)
         second.stop()
         assert not os.path.exists(f"{svc}/{name2}"), "a stopped instance left its cgroup"
+        assert not os.path.exists(f"{svc}/{name2}.supervisor"), "a stopped instance left its leaf"
+        assert read(f"{svc}/cgroup.subtree_control").split() == [], "a stop left controllers enabled"
+    finally:
+        remove_cgroup_tree(svc)
+
+
+NS_LAUNCHER = r"""#!/bin/sh
+# What a container runtime does, in miniature: put us in a cgroup of our own,
+# give us a private cgroup namespace (that cgroup becomes our "/") and a
+# private mount namespace whose only cgroup2 mount is a fresh one of that
+# namespace, somewhere other than /sys/fs/cgroup.
+cg=$1; mnt=$2; shift 2
+echo $$ > "$cg/cgroup.procs" || exit 1
+exec unshare --cgroup --mount --propagation private sh -c '
+  mnt=$1; shift
+  umount -l /sys/fs/cgroup/unified || exit 1
+  mkdir -p "$mnt" && mount -t cgroup2 cgroup2 "$mnt" || exit 1
+  exec "$@"' sh "$mnt" "$@"
+"""
+
+
+def test_a_container_like_cgroup_namespace_is_contained_and_limited(ringmux_factory, tmp_path, tag):
+    """As in a container with a writable cgroup2 mount: ringmux sees its
+    cgroup as "/" and the hierarchy mounted at a path of the test's choosing.
+    It must find both, move itself into a leaf (the namespace's root is not
+    the real root: the no-internal-processes rule applies), apply the limit,
+    and kill what a rollout left at its close."""
+    svc = os.path.join(MOUNT, f"rmx-test-ns-{tag}")
+    os.mkdir(svc)
+    with open(os.path.join(MOUNT, "cgroup.subtree_control"), "w") as f:
+        f.write("+pids")
+    launcher = tmp_path / "ns-launch.sh"
+    launcher.write_text(NS_LAUNCHER)
+    launcher.chmod(0o755)
+    inner = str(tmp_path / "cg2")
+    try:
+        rm = ringmux_factory(cmd=escape_cmd(tag, f"{RINGMUX_BIN} demo-child"),
+                             args=["--cgroup", "required", "--child-pids-max", "32"], start=False)
+        rm.wrap = [str(launcher), svc, inner]
+        rm.start()
+        name = os.path.basename(rm.instance_dir)
+        # Seen from the host: ringmux sits in the leaf beside its instance cgroup.
+        own = read(f"/proc/{rm.pid}/cgroup").split("0::", 1)[1].split()[0]
+        assert own == f"/rmx-test-ns-{tag}/{name}.supervisor", own
+        assert inner in rm.stderr_text(100000), "the start-up log does not say which cgroup2 mount it uses"
+        assert demo(rm, "ns-key").status_code == 200
+        wait_until(lambda: len(escapees(tag)) == 3, 10, what="the child's escapees")
+        kids = [d for d in os.listdir(f"{svc}/{name}") if os.path.isdir(f"{svc}/{name}/{d}")]
+        assert len(kids) == 1, kids
+        assert read(f"{svc}/{name}/{kids[0]}/pids.max").strip() == "32"
+        assert rm.close_key("ns-key").text == "closed"
+        assert escapees(tag) == [], "a process outlived its rollout's close"
+        assert not os.path.exists(f"{svc}/{name}/{kids[0]}")
+        rm.stop()
+        assert not os.path.exists(f"{svc}/{name}"), "a stopped instance left its cgroup"
+        assert not os.path.exists(f"{svc}/{name}.supervisor"), "a stopped instance left its leaf"
+        assert read(f"{svc}/cgroup.subtree_control").split() == [], "a stop left controllers enabled"
     finally:
         remove_cgroup_tree(svc)
