@@ -161,6 +161,44 @@ pub struct ServeArgs {
     #[arg(long, value_parser = parse_cpus, value_name = "CPUS")]
     pub child_cpu_max: Option<(u64, u64)>,
 
+    /// Time a client has to send a complete request head, counted from
+    /// accept or from the first byte of a later request; past it ringmux
+    /// answers `408` and closes. Bounds what a connection that dribbles its
+    /// head (or sends nothing) can hold.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub head_timeout: Duration,
+
+    /// How long a kept-alive client connection may sit between requests
+    /// before ringmux closes it (silently, as HTTP allows).
+    #[arg(long, default_value = "75s", value_parser = parse_duration, value_name = "DURATION")]
+    pub idle_timeout: Duration,
+
+    /// Longest pause while a client sends a request body; past it the
+    /// request gets `408` (or, if the child's response has begun, the
+    /// connection is cut) and the connection is closed. A pause ringmux
+    /// causes itself (the child is not reading) does not count.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub body_timeout: Duration,
+
+    /// Longest a send to a client may stay unfinished: a client that stops
+    /// reading a response (or a stream) it asked for has its connection cut
+    /// (the child, paused meanwhile by backpressure, sees the disconnect).
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub send_timeout: Duration,
+
+    /// If set, how long a child may take to start its response once it has
+    /// the whole request; past it the client gets `504` and the connection
+    /// to the child is closed. Off by default: MCP servers may think for long
+    /// before answering, and a stream, once its head is sent, is never timed.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub response_timeout: Option<Duration>,
+
+    /// Largest request body: `413` for a Content-Length over it (before a
+    /// child is started or sees a byte), and for a chunked body as soon as a
+    /// chunk would take it over. E.g. `512K`, `4M`, `1G`.
+    #[arg(long, default_value = "4M", value_parser = parse_body_size, value_name = "BYTES")]
+    pub max_body: u64,
+
     /// Run the built-in demo MCP server as the child (no COMMAND needed).
     #[arg(long, conflicts_with = "command")]
     pub demo: bool,
@@ -194,8 +232,17 @@ pub struct ServeArgs {
     pub command: Vec<OsString>,
 }
 
-/// Parses `1048576`, `512K`, `512M`, `2G` (powers of 1024).
+/// Parses `1048576`, `512K`, `512M`, `2G` (powers of 1024), at least 1M.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    parse_size(s, 1 << 20, "1M")
+}
+
+/// Parses a body size like [`parse_bytes`], at least 1K.
+pub fn parse_body_size(s: &str) -> Result<u64, String> {
+    parse_size(s, 1 << 10, "1K")
+}
+
+fn parse_size(s: &str, min: u64, min_text: &str) -> Result<u64, String> {
     let s = s.trim();
     let (num, mul) = match s.char_indices().last() {
         Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
@@ -206,8 +253,10 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     num.parse::<u64>()
         .ok()
         .and_then(|n| n.checked_mul(mul))
-        .filter(|b| *b >= 1 << 20)
-        .ok_or_else(|| format!("invalid size {s:?}: expected e.g. 512M or 2G (at least 1M)"))
+        .filter(|b| *b >= min)
+        .ok_or_else(|| {
+            format!("invalid size {s:?}: expected e.g. 512M or 2G (at least {min_text})")
+        })
 }
 
 /// Parses a number of CPUs (`0.5`, `2`) into a `cpu.max` quota and period.

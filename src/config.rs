@@ -53,6 +53,8 @@ pub struct Config {
     pub cgroup: crate::cgroup::CgroupMode,
     /// Per-child limits (need cgroups).
     pub limits: crate::cgroup::Limits,
+    /// Client timeouts and the body limit.
+    pub client: crate::dataplane::ClientLimits,
 }
 
 /// Invalid flags.
@@ -147,6 +149,14 @@ impl Config {
                 memory_max: args.child_memory_max,
                 pids_max: args.child_pids_max,
                 cpu_max: args.child_cpu_max,
+            },
+            client: crate::dataplane::ClientLimits {
+                head: args.head_timeout,
+                idle: args.idle_timeout,
+                body: args.body_timeout,
+                send: args.send_timeout,
+                response: args.response_timeout,
+                max_body: args.max_body,
             },
         })
     }

@@ -16,6 +16,13 @@ pub enum ProxyError {
     /// protection, `--allow-origin`).
     #[error("forbidden: {0}")]
     Forbidden(Refusal),
+    /// Client side: it did not send a complete request head, or stalled in
+    /// its body, within the timeout (`--head-timeout`, `--body-timeout`).
+    #[error("request timed out")]
+    RequestTimeout,
+    /// Child side: it did not start its response within `--response-timeout`.
+    #[error("child did not answer within the response timeout")]
+    ResponseTimeout,
     /// Child side: connecting to it, or sending the request, failed.
     #[error("child unreachable")]
     ChildUnreachable,
@@ -56,12 +63,15 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(e) => e.status(),
             ProxyError::Forbidden(_) => 403,
+            ProxyError::RequestTimeout => 408,
             ProxyError::ChildUnreachable
             | ProxyError::ChildClosed
             | ProxyError::BadResponse(_)
             | ProxyError::SpawnFailed(_)
             | ProxyError::ForkFailed(_) => 502,
-            ProxyError::ReadyTimeout | ProxyError::ForkServerTimeout => 504,
+            ProxyError::ReadyTimeout
+            | ProxyError::ForkServerTimeout
+            | ProxyError::ResponseTimeout => 504,
             ProxyError::AtCapacity
             | ProxyError::ShuttingDown
             | ProxyError::ForkServerUnavailable(_) => 503,
@@ -92,6 +102,12 @@ mod tests {
         assert_eq!(ProxyError::AtCapacity.status(), 503);
         assert_eq!(ProxyError::ForkFailed("x".into()).status(), 502);
         assert_eq!(ProxyError::ForkServerTimeout.status(), 504);
+        assert_eq!(ProxyError::RequestTimeout.status(), 408);
+        assert_eq!(ProxyError::ResponseTimeout.status(), 504);
+        assert_eq!(
+            ProxyError::BadRequest(HttpError::BodyTooLarge).status(),
+            413
+        );
         let r = String::from_utf8(ProxyError::ForkServerUnavailable("restarting").response(false))
             .expect("utf8");
         assert!(r.starts_with("HTTP/1.1 503"));

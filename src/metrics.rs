@@ -125,6 +125,18 @@ pub struct WorkerMetrics {
     pub refused: AtomicU64,
     /// Open client connections.
     pub connections: AtomicU64,
+    /// Connections that ran out of the head timeout (408).
+    pub head_timeouts: AtomicU64,
+    /// Kept-alive connections closed by the idle timeout.
+    pub idle_timeouts: AtomicU64,
+    /// Requests whose body stalled past the body timeout (408 or abort).
+    pub body_timeouts: AtomicU64,
+    /// Connections cut because the client stopped reading.
+    pub send_timeouts: AtomicU64,
+    /// Requests whose child did not answer within the response timeout (504).
+    pub response_timeouts: AtomicU64,
+    /// Requests refused with 413 (`--max-body`).
+    pub too_large: AtomicU64,
     /// Longest heartbeat lateness since start, µs.
     pub lag_max_us: AtomicU64,
     /// Longest heartbeat lateness since the previous scrape, µs.
@@ -345,7 +357,7 @@ impl Metrics {
             secs(self.control_lag_max_us.load(Relaxed))
         );
         type Pick = fn(&WorkerMetrics) -> u64;
-        let per_worker: [(&str, &str, &str, Pick); 6] = [
+        let per_worker: [(&str, &str, &str, Pick); 12] = [
             ("ringmux_requests_total", "counter", "Requests received, per worker.", |w| {
                 w.requests.load(Relaxed)
             }),
@@ -364,6 +376,42 @@ impl Metrics {
             ("ringmux_client_connections", "gauge", "Open client connections, per worker.", |w| {
                 w.connections.load(Relaxed)
             }),
+            (
+                "ringmux_head_timeouts_total",
+                "counter",
+                "Connections that sent no complete request head within --head-timeout (408), per worker.",
+                |w| w.head_timeouts.load(Relaxed),
+            ),
+            (
+                "ringmux_idle_timeouts_total",
+                "counter",
+                "Kept-alive connections closed after --idle-timeout without a request, per worker.",
+                |w| w.idle_timeouts.load(Relaxed),
+            ),
+            (
+                "ringmux_body_timeouts_total",
+                "counter",
+                "Requests whose body stalled longer than --body-timeout, per worker.",
+                |w| w.body_timeouts.load(Relaxed),
+            ),
+            (
+                "ringmux_send_timeouts_total",
+                "counter",
+                "Client connections cut because a send stayed unfinished past --send-timeout (the client stopped reading), per worker.",
+                |w| w.send_timeouts.load(Relaxed),
+            ),
+            (
+                "ringmux_response_timeouts_total",
+                "counter",
+                "Requests whose child sent no response head within --response-timeout (504), per worker.",
+                |w| w.response_timeouts.load(Relaxed),
+            ),
+            (
+                "ringmux_bodies_too_large_total",
+                "counter",
+                "Requests refused with 413 for a body over --max-body, per worker.",
+                |w| w.too_large.load(Relaxed),
+            ),
             (
                 "ringmux_worker_loop_lag_max_seconds",
                 "gauge",

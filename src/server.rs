@@ -179,6 +179,7 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
             close_path: cfg.close_path.clone(),
             origin: cfg.origin.clone(),
             metrics: Arc::clone(&metrics),
+            limits: cfg.client,
         };
         let ready = ready_tx.clone();
         let h = std::thread::Builder::new()

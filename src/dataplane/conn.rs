@@ -6,10 +6,11 @@
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::time::Instant;
 
 use ringmux_uring::{BufRef, OpId, Seg};
 
-use crate::http::{BodyTracker, RequestHead};
+use crate::http::{BodyTracker, HeadAcc, RequestHead};
 use crate::route::{ChildInfo, RouteKey};
 
 /// A reference to a slab entry that survives slot reuse: (slot, generation).
@@ -105,7 +106,7 @@ pub struct Client {
     /// Bytes in `pending`.
     pub pending_bytes: usize,
     /// A head split across buffers, accumulated.
-    pub head_acc: Vec<u8>,
+    pub head_acc: HeadAcc,
     /// Current request.
     pub phase: Phase,
     /// Keep the connection after the current response.
@@ -114,11 +115,22 @@ pub struct Client {
     pub close_after_flush: bool,
     /// The peer closed its side.
     pub eof: bool,
+    /// Last receive or completed send (the idle and first-head timeouts
+    /// count from it).
+    pub last_io: Instant,
+    /// Last receive with data (the body timeout counts from it).
+    pub last_recv: Instant,
+    /// When the first byte of the head being read arrived.
+    pub head_started: Option<Instant>,
+    /// Requests whose heads were read on this connection.
+    pub served: u32,
+    /// When the `writev` in flight was submitted (`None`: none in flight).
+    pub send_started: Option<Instant>,
 }
 
 impl Client {
-    /// A fresh connection.
-    pub fn new(fd: OwnedFd, gen: u32) -> Client {
+    /// A fresh connection, accepted at `now`.
+    pub fn new(fd: OwnedFd, gen: u32, now: Instant) -> Client {
         Client {
             fd,
             gen,
@@ -126,11 +138,16 @@ impl Client {
             out: SendQ::default(),
             pending: VecDeque::new(),
             pending_bytes: 0,
-            head_acc: Vec::new(),
+            head_acc: HeadAcc::default(),
             phase: Phase::Head,
             keep_alive: true,
             close_after_flush: false,
             eof: false,
+            last_io: now,
+            last_recv: now,
+            head_started: None,
+            served: 0,
+            send_started: None,
         }
     }
 }
@@ -152,7 +169,7 @@ pub struct Upstream {
     /// The client whose request it carries (`None`: idle in the pool).
     pub client: Option<Ref>,
     /// A response head split across buffers, accumulated.
-    pub head_acc: Vec<u8>,
+    pub head_acc: HeadAcc,
     /// Frames the response body once its head was forwarded.
     pub body: Option<BodyTracker>,
     /// The current request is a HEAD (its response has no body).
@@ -172,6 +189,9 @@ pub struct Upstream {
     pub idle_since: Option<std::time::Instant>,
     /// The request (head and body) is completely queued.
     pub req_done: bool,
+    /// When the current request's head was queued to the child (the
+    /// response timeout counts from it until the response head arrives).
+    pub asked_at: Option<Instant>,
 }
 
 impl Upstream {
@@ -185,7 +205,7 @@ impl Upstream {
             recv: RecvArm::default(),
             out: SendQ::default(),
             client: None,
-            head_acc: Vec::new(),
+            head_acc: HeadAcc::default(),
             body: None,
             req_is_head: false,
             reusable: false,
@@ -195,6 +215,7 @@ impl Upstream {
             replay_bytes: 0,
             idle_since: None,
             req_done: false,
+            asked_at: None,
         }
     }
 
@@ -210,5 +231,6 @@ impl Upstream {
         self.replay = None;
         self.replay_bytes = 0;
         self.req_done = false;
+        self.asked_at = None;
     }
 }

@@ -12,6 +12,8 @@
 //! response heads, which are rewritten, are copied.
 
 mod conn;
+mod guard;
 mod worker;
 
+pub use guard::ClientLimits;
 pub use worker::{Worker, WorkerSetup};

@@ -17,9 +17,11 @@ use ringmux_uring::{BufRef, BufRing, Completion, Op, Returned, Ring, RingConfig,
 use slab::Slab;
 
 use super::conn::{Client, Phase, Ref, Upstream};
+use super::guard::{expired, ClientLimits, Expiry};
 use crate::error::ProxyError;
 use crate::http::{
-    parse_request, parse_response, simple_response, BodyKind, BodyTracker, Parsed, RequestHead,
+    parse_request, parse_response, simple_response, BodyKind, BodyTracker, HttpError, Parsed,
+    RequestHead,
 };
 use crate::metrics::Metrics;
 use crate::msg::{Inbox, Mailbox, ToControl, ToWorker};
@@ -35,10 +37,13 @@ const K_USEND: u64 = 6;
 const K_INBOX: u64 = 7;
 const K_IGNORE: u64 = 8;
 const K_TICK: u64 = 9;
-const K_ACCEPT_RETRY: u64 = 10;
 
 /// Heartbeat period; how late each beat fires is the event-loop lag metric.
 const TICK: Duration = Duration::from_millis(10);
+/// Wait before re-arming accept after it failed.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Client deadlines are checked every this many beats (100 ms).
+const DEADLINE_TICKS: u64 = 10;
 
 /// Pause the producer when the consumer has this much queued.
 const HIGH_WATER: usize = 1 << 20;
@@ -87,6 +92,8 @@ pub struct WorkerSetup {
     pub origin: OriginPolicy,
     /// Counters (this worker writes `metrics.workers[id]`).
     pub metrics: Arc<Metrics>,
+    /// Timeouts and the body limit for client connections.
+    pub limits: ClientLimits,
 }
 
 /// A data-plane worker.
@@ -112,6 +119,16 @@ pub struct Worker {
     last_tick: Instant,
     ticks: u64,
     accept_errors: u64,
+    limits: ClientLimits,
+    /// The heartbeat timer is queued (if queueing it failed, the loop
+    /// retries after every batch: deadlines and pool expiry depend on it).
+    tick_armed: bool,
+    /// Accept is not armed; the heartbeat re-arms it from this instant (a
+    /// back-off after an accept error such as `EMFILE`, or a failed re-arm).
+    accept_retry_at: Option<Instant>,
+    /// When the current batch of completions was reaped (what the deadlines
+    /// count with: one clock read per batch).
+    now: Instant,
 }
 
 impl Worker {
@@ -127,6 +144,12 @@ impl Worker {
             ..RingConfig::default()
         };
         let mut ring = Ring::new(&cfg)?;
+        if cfg.defer_taskrun && !ring.defer_taskrun() {
+            tracing::warn!(
+                worker = setup.id,
+                "the kernel refused SINGLE_ISSUER/DEFER_TASKRUN; this worker uses a plain io_uring"
+            );
+        }
         let bufs = ring.register_buf_ring(0, BUF_COUNT, BUF_SIZE)?;
         Ok(Worker {
             id: setup.id,
@@ -150,6 +173,10 @@ impl Worker {
             last_tick: Instant::now(),
             ticks: 0,
             accept_errors: 0,
+            limits: setup.limits,
+            tick_armed: false,
+            accept_retry_at: None,
+            now: Instant::now(),
         })
     }
 
@@ -168,12 +195,7 @@ impl Worker {
             return;
         }
         self.last_tick = Instant::now();
-        if let Err(e) = self
-            .ring
-            .push(Op::Timeout { after: TICK }, tag(K_TICK, (0, 0)))
-        {
-            tracing::warn!(worker = self.id, error = %e, "no heartbeat timer");
-        }
+        self.arm_tick();
         let mut comps: Vec<Completion> = Vec::with_capacity(1024);
         // After Shutdown the loop runs a little longer, so that the 503s
         // just queued for requests waiting on a child are actually sent.
@@ -191,10 +213,14 @@ impl Worker {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
             self.ring.reap(&mut comps);
+            self.now = Instant::now();
             for c in comps.drain(..) {
                 self.dispatch(c);
             }
             self.rearm_starved();
+            if !self.tick_armed {
+                self.arm_tick();
+            }
         }
     }
 
@@ -222,15 +248,6 @@ impl Worker {
         let (kind, r) = untag(c.tag);
         match kind {
             K_ACCEPT => self.on_accept(c),
-            K_ACCEPT_RETRY if !self.stopping => {
-                let lfd = self.listener.as_raw_fd();
-                if let Err(e) = self
-                    .ring
-                    .push(Op::AcceptMulti { fd: lfd }, tag(K_ACCEPT, (0, 0)))
-                {
-                    tracing::error!(worker = self.id, error = %e, "cannot re-arm accept");
-                }
-            }
             K_INBOX => {
                 self.on_inbox();
                 if !self.stopping {
@@ -248,10 +265,16 @@ impl Worker {
                 if self.ticks.is_multiple_of(50) {
                     self.expire_pool();
                 }
+                if self.ticks.is_multiple_of(DEADLINE_TICKS) {
+                    self.check_deadlines();
+                }
+                if self.accept_retry_at.is_some_and(|t| now >= t) && !self.stopping {
+                    self.accept_retry_at = None;
+                    self.arm_accept();
+                }
                 // Kept going while stopping too: it bounds the shutdown linger.
-                let _ = self
-                    .ring
-                    .push(Op::Timeout { after: TICK }, tag(K_TICK, (0, 0)));
+                self.tick_armed = false;
+                self.arm_tick();
             }
             K_CRECV => self.on_client_recv(r, c),
             K_CSEND => self.on_client_sent(r, c),
@@ -278,7 +301,7 @@ impl Worker {
         if let Returned::Fd(fd) = c.data {
             let _ = rustix::net::sockopt::set_tcp_nodelay(&fd, true);
             let gen = self.gen();
-            let idx = self.clients.insert(Client::new(fd, gen));
+            let idx = self.clients.insert(Client::new(fd, gen, self.now));
             self.metrics.workers[self.id]
                 .connections
                 .fetch_add(1, Relaxed);
@@ -294,23 +317,44 @@ impl Worker {
                 );
             }
             if !c.more && !self.stopping {
-                // Back off instead of spinning on a persistent error (EMFILE).
-                let _ = self.ring.push(
-                    Op::Timeout {
-                        after: Duration::from_millis(100),
-                    },
-                    tag(K_ACCEPT_RETRY, (0, 0)),
-                );
+                // Back off instead of spinning on a persistent error (EMFILE):
+                // the heartbeat re-arms accept.
+                self.accept_retry_at = Some(self.now + ACCEPT_BACKOFF);
             }
             return;
         }
         if !c.more && !self.stopping {
-            let lfd = self.listener.as_raw_fd();
-            if let Err(e) = self
-                .ring
-                .push(Op::AcceptMulti { fd: lfd }, tag(K_ACCEPT, (0, 0)))
-            {
-                tracing::error!(worker = self.id, error = %e, "cannot re-arm accept");
+            self.arm_accept();
+        }
+    }
+
+    /// Arms the multishot accept; if that fails, the heartbeat retries
+    /// after [`ACCEPT_BACKOFF`] (a worker must never stop accepting for good).
+    fn arm_accept(&mut self) {
+        let lfd = self.listener.as_raw_fd();
+        if let Err(e) = self
+            .ring
+            .push(Op::AcceptMulti { fd: lfd }, tag(K_ACCEPT, (0, 0)))
+        {
+            tracing::error!(worker = self.id, error = %e, "cannot re-arm accept; retrying shortly");
+            self.accept_retry_at = Some(self.now + ACCEPT_BACKOFF);
+        }
+    }
+
+    /// Queues the next heartbeat; on failure says so once and leaves
+    /// `tick_armed` false, so the loop tries again after the next batch.
+    fn arm_tick(&mut self) {
+        match self
+            .ring
+            .push(Op::Timeout { after: TICK }, tag(K_TICK, (0, 0)))
+        {
+            Ok(_) => self.tick_armed = true,
+            Err(e) => {
+                if self.tick_armed || self.ticks == 0 {
+                    tracing::error!(worker = self.id, error = %e,
+                        "cannot queue the heartbeat timer (timeouts, pool expiry); retrying");
+                }
+                self.tick_armed = false;
             }
         }
     }
@@ -438,8 +482,11 @@ impl Worker {
         };
         c.recv.paused = true;
         if let (Some(op), false) = (c.recv.op, c.recv.cancel_sent) {
-            c.recv.cancel_sent = true;
-            let _ = self.ring.push(Op::Cancel { target: op }, tag(K_IGNORE, r));
+            // If the cancel cannot be queued, the next pause tries again.
+            c.recv.cancel_sent = self
+                .ring
+                .push(Op::Cancel { target: op }, tag(K_IGNORE, r))
+                .is_ok();
         }
     }
 
@@ -466,6 +513,8 @@ impl Worker {
         }
         match (c.result, c.data) {
             (n, Returned::Buf(buf)) if n > 0 => {
+                cl.last_io = self.now;
+                cl.last_recv = self.now;
                 cl.pending_bytes += buf.len();
                 cl.pending.push_back(buf);
                 self.process_client(r);
@@ -533,29 +582,23 @@ impl Worker {
                         return;
                     };
                     cl.pending_bytes -= buf.len();
-                    let prev = cl.head_acc.len();
-                    let parsed = if prev == 0 {
-                        parse_request(buf.as_slice())
-                    } else {
-                        cl.head_acc.extend_from_slice(buf.as_slice());
-                        parse_request(&cl.head_acc)
-                    };
+                    cl.head_started.get_or_insert(self.now);
+                    let prev = cl.head_acc.held();
+                    let parsed = cl.head_acc.feed(buf.as_slice(), parse_request);
                     match parsed {
                         Ok(Parsed::Complete { head, head_len }) => {
                             let used = head_len - prev;
                             let rest = buf.slice(used, buf.len());
                             cl.head_acc.clear();
+                            cl.head_started = None;
+                            cl.served += 1;
                             if !rest.is_empty() {
                                 cl.pending_bytes += rest.len();
                                 cl.pending.push_front(rest);
                             }
                             self.on_request_head(r, head);
                         }
-                        Ok(Parsed::Partial) => {
-                            if prev == 0 {
-                                cl.head_acc.extend_from_slice(buf.as_slice());
-                            }
-                        }
+                        Ok(Parsed::Partial) => {}
                         Err(e) => {
                             tracing::debug!(worker = self.id, error = %e, "bad request");
                             let cl = &mut self.clients[r.0];
@@ -644,6 +687,16 @@ impl Worker {
                     if let Some(e) = err {
                         // A broken request body cannot be forwarded meaningfully.
                         tracing::debug!(worker = self.id, error = %e, "bad request body");
+                        if e == HttpError::BodyTooLarge {
+                            self.metrics.workers[self.id]
+                                .too_large
+                                .fetch_add(1, Relaxed);
+                        }
+                        if self.up_ok(up) && self.ups[up.0].got_bytes {
+                            // The response has begun: an error cannot follow it.
+                            self.abort_client(r);
+                            return;
+                        }
                         self.close_up(up);
                         let cl = &mut self.clients[r.0];
                         cl.pending.clear();
@@ -670,13 +723,25 @@ impl Worker {
             self.respond_error(r, &ProxyError::Forbidden(why));
             return;
         }
+        if let BodyKind::Length(n) = head.body {
+            if n > self.limits.max_body {
+                // Refused before a child is asked for or sees a byte of it.
+                tracing::debug!(worker = self.id, length = n, "request body over --max-body");
+                self.metrics.workers[self.id]
+                    .too_large
+                    .fetch_add(1, Relaxed);
+                self.clients[r.0].keep_alive = false;
+                self.respond_error(r, &ProxyError::BadRequest(HttpError::BodyTooLarge));
+                return;
+            }
+        }
         let key_val = head.query_param(&self.key_param);
         let key = RouteKey::from_key(key_val.as_deref());
         let cl = &mut self.clients[r.0];
         cl.keep_alive = head.keep_alive;
         if head.path() == self.close_path {
             cl.phase = Phase::Closing {
-                body: BodyTracker::new(head.body),
+                body: BodyTracker::new(head.body).with_limit(self.limits.max_body),
                 answered: false,
             };
             let token = (u64::from(r.1) << 32) | r.0 as u64;
@@ -766,12 +831,13 @@ impl Worker {
         }
         self.clients[r.0].phase = Phase::Proxy {
             up,
-            body: BodyTracker::new(head.body),
+            body: BodyTracker::new(head.body).with_limit(self.limits.max_body),
         };
         let body_done = matches!(head.body, BodyKind::None | BodyKind::Length(0));
         self.queue_upstream(up, Seg::owned(h));
         if body_done {
             self.ups[up.0].req_done = true;
+            self.ups[up.0].asked_at = Some(self.now);
             self.flush_upstream(up);
         } else {
             self.process_client(r);
@@ -802,6 +868,7 @@ impl Worker {
         }
         if done {
             self.ups[up.0].req_done = true;
+            self.ups[up.0].asked_at = Some(self.now);
         }
         self.flush_upstream(up);
         let u = &self.ups[up.0];
@@ -927,8 +994,11 @@ impl Worker {
         };
         u.recv.paused = true;
         if let (Some(op), false) = (u.recv.op, u.recv.cancel_sent) {
-            u.recv.cancel_sent = true;
-            let _ = self.ring.push(Op::Cancel { target: op }, tag(K_IGNORE, up));
+            // If the cancel cannot be queued, the next pause tries again.
+            u.recv.cancel_sent = self
+                .ring
+                .push(Op::Cancel { target: op }, tag(K_IGNORE, up))
+                .is_ok();
         }
     }
 
@@ -1051,20 +1121,13 @@ impl Worker {
         // Response head(s).
         while self.ups[up.0].body.is_none() {
             let u = &mut self.ups[up.0];
-            let prev = u.head_acc.len();
-            let parsed = if prev == 0 {
-                parse_response(buf.as_slice(), u.req_is_head)
-            } else {
-                u.head_acc.extend_from_slice(buf.as_slice());
-                parse_response(&u.head_acc, u.req_is_head)
-            };
+            let prev = u.head_acc.held();
+            let req_is_head = u.req_is_head;
+            let parsed = u
+                .head_acc
+                .feed(buf.as_slice(), |b| parse_response(b, req_is_head));
             match parsed {
-                Ok(Parsed::Partial) => {
-                    if prev == 0 {
-                        u.head_acc.extend_from_slice(buf.as_slice());
-                    }
-                    return;
-                }
+                Ok(Parsed::Partial) => return,
                 Ok(Parsed::Complete { head, head_len }) => {
                     u.head_acc.clear();
                     buf.advance(head_len - prev);
@@ -1091,6 +1154,7 @@ impl Worker {
                     head.write_downstream(cl.keep_alive, &mut h);
                     cl.out.push(Seg::owned(h));
                     let u = &mut self.ups[up.0];
+                    u.asked_at = None;
                     u.reusable = head.keep_alive;
                     u.body = Some(BodyTracker::new(head.body));
                 }
@@ -1183,6 +1247,7 @@ impl Worker {
                 let u = &mut self.ups[nu.0];
                 u.client = Some(cr);
                 u.req_done = true;
+                u.asked_at = Some(self.now);
                 u.req_is_head = req_is_head;
                 for s in segs {
                     u.out.push(s);
@@ -1307,7 +1372,10 @@ impl Worker {
         let segs = std::mem::take(&mut cl.out.q);
         let fd = cl.fd.as_raw_fd();
         match self.ring.push(Op::Writev { fd, segs }, tag(K_CSEND, r)) {
-            Ok(_) => cl.out.in_flight = true,
+            Ok(_) => {
+                cl.out.in_flight = true;
+                cl.send_started = Some(self.now);
+            }
             Err(e) => {
                 tracing::warn!(worker = self.id, error = %e, "cannot queue client send");
                 self.abort_client(r);
@@ -1321,12 +1389,14 @@ impl Worker {
         }
         let cl = &mut self.clients[r.0];
         cl.out.in_flight = false;
+        cl.send_started = None;
         if c.result < 0 {
             tracing::debug!(worker = self.id, errno = -c.result, "send to client failed");
             self.abort_client(r);
             return;
         }
         let n = c.result as usize;
+        cl.last_io = self.now;
         cl.out.bytes = cl.out.bytes.saturating_sub(n);
         if let Returned::Segs(mut segs) = c.data {
             advance_segs(&mut segs, n);
@@ -1349,6 +1419,93 @@ impl Worker {
         if let (true, Some(up)) = (low, up) {
             if self.up_ok(up) {
                 self.resume_up_recv(up);
+            }
+        }
+    }
+
+    // ----- deadlines ----------------------------------------------------------
+
+    /// Ends what ran out of a limit (see [`super::guard`]).
+    fn check_deadlines(&mut self) {
+        let now = Instant::now();
+        let expired_clients: Vec<(Ref, Expiry)> = self
+            .clients
+            .iter()
+            .filter_map(|(i, c)| expired(c, &self.limits, now).map(|e| ((i, c.gen), e)))
+            .collect();
+        for (r, why) in expired_clients {
+            self.client_expired(r, why);
+        }
+        if let Some(limit) = self.limits.response {
+            let late: Vec<Ref> = self
+                .ups
+                .iter()
+                .filter(|(_, u)| {
+                    u.client.is_some()
+                        && u.asked_at
+                            .is_some_and(|t| now.saturating_duration_since(t) > limit)
+                })
+                .map(|(i, u)| (i, u.gen))
+                .collect();
+            for up in late {
+                tracing::debug!(
+                    worker = self.id,
+                    child = self.ups[up.0].child.id,
+                    "child sent no response head within --response-timeout"
+                );
+                self.metrics.workers[self.id]
+                    .response_timeouts
+                    .fetch_add(1, Relaxed);
+                // Never replayed: the child has the request and may be working on it.
+                self.ups[up.0].replay = None;
+                self.upstream_failed(up, ProxyError::ResponseTimeout);
+            }
+        }
+    }
+
+    fn client_expired(&mut self, r: Ref, why: Expiry) {
+        if !self.client_ok(r) {
+            return;
+        }
+        let m = &self.metrics.workers[self.id];
+        match why {
+            Expiry::Idle => {
+                m.idle_timeouts.fetch_add(1, Relaxed);
+                self.close_when_flushed(r);
+            }
+            Expiry::Head => {
+                m.head_timeouts.fetch_add(1, Relaxed);
+                tracing::debug!(
+                    worker = self.id,
+                    "no complete request head within --head-timeout"
+                );
+                let cl = &mut self.clients[r.0];
+                cl.keep_alive = false;
+                cl.head_acc.clear();
+                cl.head_started = None;
+                self.respond_error(r, &ProxyError::RequestTimeout);
+            }
+            Expiry::Send => {
+                m.send_timeouts.fetch_add(1, Relaxed);
+                tracing::debug!(
+                    worker = self.id,
+                    "client stopped reading past --send-timeout"
+                );
+                self.abort_client(r);
+            }
+            Expiry::Body => {
+                m.body_timeouts.fetch_add(1, Relaxed);
+                tracing::debug!(worker = self.id, "request body stalled past --body-timeout");
+                if let Phase::Proxy { up, .. } = self.clients[r.0].phase {
+                    if self.up_ok(up) && self.ups[up.0].got_bytes {
+                        // The response has begun: an error cannot follow it.
+                        self.abort_client(r);
+                        return;
+                    }
+                    self.close_up(up);
+                }
+                self.clients[r.0].keep_alive = false;
+                self.respond_error(r, &ProxyError::RequestTimeout);
             }
         }
     }

@@ -15,12 +15,16 @@ pub const MAX_TRAILERS: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct BodyTracker {
     state: State,
+    /// Chunked: payload bytes still allowed (see [`BodyTracker::with_limit`]).
+    budget: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Done,
     Failed(&'static str),
+    /// A chunk would take the payload past the limit.
+    TooLarge,
     /// Close-delimited: everything belongs to the body.
     Close,
     /// Content-Length: this many bytes left.
@@ -74,7 +78,19 @@ impl BodyTracker {
             BodyKind::Chunked => State::SizeStart { line: 0 },
             BodyKind::CloseDelimited => State::Close,
         };
-        BodyTracker { state }
+        BodyTracker {
+            state,
+            budget: u64::MAX,
+        }
+    }
+
+    /// Caps a chunked body's payload at `max` bytes: a chunk-size line that
+    /// would go past it fails with [`HttpError::BodyTooLarge`] before any of
+    /// that chunk's data is counted as body (so the caller forwards none of
+    /// it). A Content-Length body is the caller's to check against its head.
+    pub fn with_limit(mut self, max: u64) -> Self {
+        self.budget = max;
+        self
     }
 
     /// Whether the whole body (including any chunked trailer section) has
@@ -93,8 +109,10 @@ impl BodyTracker {
     /// (framing and trailers included). After an error every further call
     /// fails the same way.
     pub fn feed(&mut self, data: &[u8]) -> Result<usize, HttpError> {
-        if let State::Failed(why) = self.state {
-            return Err(HttpError::BadChunk(why));
+        match self.state {
+            State::Failed(why) => return Err(HttpError::BadChunk(why)),
+            State::TooLarge => return Err(HttpError::BodyTooLarge),
+            _ => {}
         }
         let mut i = 0;
         while i < data.len() {
@@ -187,7 +205,14 @@ impl BodyTracker {
             }
             State::SizeLf { size } => match (b, size) {
                 (b'\n', 0) => State::TrailerStart { total: 0 },
-                (b'\n', n) => State::Data(n),
+                (b'\n', n) if n > self.budget => {
+                    self.state = State::TooLarge;
+                    return Err(HttpError::BodyTooLarge);
+                }
+                (b'\n', n) => {
+                    self.budget -= n;
+                    State::Data(n)
+                }
                 _ => return Err(self.fail("chunk-size line: CR without LF")),
             },
             State::DataCr => match b {
@@ -230,9 +255,12 @@ impl BodyTracker {
                 _ => return Err(self.fail("trailer section: CR without LF")),
             },
             // Handled in `feed`; never stepped byte-wise.
-            State::Done | State::Failed(_) | State::Close | State::Length(_) | State::Data(_) => {
-                self.state
-            }
+            State::Done
+            | State::Failed(_)
+            | State::TooLarge
+            | State::Close
+            | State::Length(_)
+            | State::Data(_) => self.state,
         };
         self.state = next;
         Ok(())
@@ -299,6 +327,24 @@ mod tests {
         X-Checksum: abc\r\n\
         \r\n";
     const NEXT: &[u8] = b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n";
+
+    #[test]
+    fn a_chunked_body_over_its_limit_fails_before_the_chunk_that_crosses_it() {
+        // 5 + 26 = 31 payload bytes: a limit of 31 passes, 30 fails at the
+        // second chunk's size line, before any of its data is body.
+        let mut ok = BodyTracker::new(BodyKind::Chunked).with_limit(31);
+        assert_eq!(ok.feed(CHUNKED), Ok(CHUNKED.len()));
+        assert!(ok.is_done());
+        let mut t = BodyTracker::new(BodyKind::Chunked).with_limit(30);
+        assert_eq!(t.feed(&CHUNKED[..10]), Ok(10));
+        assert_eq!(t.feed(&CHUNKED[10..]), Err(HttpError::BodyTooLarge));
+        assert_eq!(
+            t.feed(b"x"),
+            Err(HttpError::BodyTooLarge),
+            "the failure sticks"
+        );
+        assert_eq!(HttpError::BodyTooLarge.status(), 413);
+    }
 
     fn stream() -> Vec<u8> {
         [CHUNKED, NEXT].concat()

@@ -4,16 +4,18 @@
 //! (with the status code the proxy answers each error with), the [`Parsed`]
 //! result of head parsing, the [`BodyKind`] framing decision and the limits
 //! ([`MAX_HEAD`], [`MAX_HEADERS`]). The concepts live in the submodules:
-//! request heads ([`request`]), response heads ([`response`]), body framing
+//! request heads ([`request`]), response heads ([`response`]), heads that
+//! arrive in pieces ([`accumulate`]), body framing
 //! ([`body`]), hop-by-hop headers ([`hop`]) and query strings ([`query`]).
 
+pub mod accumulate;
 pub mod body;
 pub mod hop;
 pub mod query;
 pub mod request;
 pub mod response;
 
-// The data plane is not wired up yet, so the re-exports are unused for now.
+pub use accumulate::HeadAcc;
 #[allow(unused_imports)]
 pub use body::BodyTracker;
 pub use hop::{connection_tokens, is_hop_by_hop};
@@ -56,6 +58,8 @@ pub enum HttpError {
     UnsupportedVersion,
     #[error("unsupported Transfer-Encoding")]
     UnsupportedTransferEncoding,
+    #[error("request body larger than the limit (--max-body)")]
+    BodyTooLarge,
 }
 
 impl HttpError {
@@ -66,6 +70,7 @@ impl HttpError {
             HttpError::Malformed(_) | HttpError::BadContentLength | HttpError::BadChunk(_) => 400,
             HttpError::HeadTooLarge | HttpError::TooManyHeaders => 431,
             HttpError::UnsupportedTransferEncoding => 501,
+            HttpError::BodyTooLarge => 413,
             HttpError::UnsupportedVersion => 505,
         }
     }
