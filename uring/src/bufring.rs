@@ -24,6 +24,10 @@ pub(crate) struct Shared {
     count: u16,
     size: u32,
     bgid: u16,
+    /// The [`crate::Ring`] it is registered on (its process-unique id): a
+    /// receive on another ring would pick that ring's buffers by this group
+    /// id, so `Ring::push` refuses it.
+    owner: u64,
     /// Our private copy of the tail we publish to the kernel.
     tail: Cell<u16>,
     /// Buffers currently owned by userspace (handed out and not yet returned).
@@ -39,7 +43,7 @@ pub struct BufRing {
 impl BufRing {
     /// Allocates the descriptor ring and `count` buffers of `size` bytes, and
     /// publishes every buffer to the (not yet registered) ring.
-    pub(crate) fn allocate(bgid: u16, count: u16, size: u32) -> io::Result<BufRing> {
+    pub(crate) fn allocate(bgid: u16, count: u16, size: u32, owner: u64) -> io::Result<BufRing> {
         if !count.is_power_of_two() || count == 0 || size == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -56,6 +60,7 @@ impl BufRing {
             count,
             size,
             bgid,
+            owner,
             tail: Cell::new(0),
             out: Cell::new(usize::from(count)),
         };
@@ -86,6 +91,11 @@ impl BufRing {
     /// Buffer group id used in `RecvMulti`.
     pub fn bgid(&self) -> u16 {
         self.shared.bgid
+    }
+
+    /// The id of the ring it is registered on.
+    pub(crate) fn owner(&self) -> u64 {
+        self.shared.owner
     }
 
     /// Buffers currently available to the kernel.

@@ -149,10 +149,12 @@ pub enum Op {
         /// Where to connect.
         addr: SocketAddr,
     },
-    /// `close(2)`; the caller gives up the descriptor.
+    /// `close(2)` of a descriptor the caller gives up: it is the op's from
+    /// here (closed by the kernel, or here if the op cannot be queued), so
+    /// no safe code can close it twice or close one it does not own.
     Close {
-        /// The descriptor (owned by the op from now on).
-        fd: RawFd,
+        /// The descriptor.
+        fd: std::os::fd::OwnedFd,
     },
     /// A relative timer; completes with `-ETIME` when it fires.
     Timeout {
@@ -164,8 +166,11 @@ pub enum Op {
         /// The op to cancel.
         target: OpId,
     },
-    /// `waitid(P_PIDFD, pidfd, WEXITED)`: completes when the process exits,
-    /// reaping it (kernel ≥ 6.7).
+    /// `waitid(P_PIDFD, pidfd, WEXITED | WNOWAIT)`: completes when the
+    /// process exits (kernel ≥ 6.7) and leaves it a zombie, so that its pid
+    /// and its process group id cannot be reused before the caller has
+    /// killed what is left of the group; the caller then reaps it
+    /// (`waitid(P_PID, ExitInfo::pid, WEXITED | WNOHANG)`).
     WaitId {
         /// The pidfd.
         pidfd: RawFd,
@@ -228,6 +233,8 @@ pub struct ExitInfo {
     pub code: i32,
     /// The exit status or the signal number.
     pub status: i32,
+    /// The process, still a zombie (see [`Op::WaitId`]): reap it by this pid.
+    pub pid: i32,
 }
 
 /// Resources parked in the in-flight table while the kernel may use them.
@@ -245,6 +252,9 @@ pub(crate) enum Parked {
     Wait(Box<libc::siginfo_t>),
     Path(CString),
     Read(Vec<u8>),
+    /// The descriptor of a `Close`: the kernel closes it; only if the op is
+    /// never queued is it closed here (never both).
+    Close(RawFd),
 }
 
 /// A socket address in the kernel's layout.
@@ -302,16 +312,20 @@ impl Parked {
                 // SAFETY: the kernel filled `info` for a child-state change
                 // (CLD_*), so the `si_status` union member is the one written.
                 let status = unsafe { info.si_status() };
+                // SAFETY: as above: for CLD_* the `si_pid` member is written.
+                let pid = unsafe { info.si_pid() };
                 Returned::Exit(ExitInfo {
                     code: info.si_code,
                     status,
+                    pid,
                 })
             }
             Parked::Nothing
             | Parked::Accept
             | Parked::Recv(_)
             | Parked::Addr(_)
-            | Parked::Time(_) => Returned::Nothing,
+            | Parked::Time(_)
+            | Parked::Close(_) => Returned::Nothing,
         }
     }
 }
