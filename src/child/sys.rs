@@ -119,6 +119,19 @@ pub fn pidfd_is_our_child(pidfd: BorrowedFd<'_>) -> io::Result<bool> {
     }
 }
 
+/// Reaps `pid`, a child of ours that has exited (a zombie kept by the
+/// ring's `WNOWAIT` wait until what was left of its process group was
+/// killed). Never blocks: a pid that is not (or no longer) ours is ignored.
+pub fn reap(pid: i32) {
+    use rustix::process::{waitid, Pid, WaitId, WaitIdOptions};
+    if let Some(pid) = Pid::from_raw(pid) {
+        let _ = waitid(
+            WaitId::Pid(pid),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        );
+    }
+}
+
 /// Whether the process of `pidfd` has exited (a pidfd polls readable then).
 pub fn pidfd_exited(pidfd: BorrowedFd<'_>) -> bool {
     let mut fds = [rustix::event::PollFd::new(

@@ -159,6 +159,12 @@ impl Control {
             cq_entries: 4096,
             ..RingConfig::default()
         })?;
+        if !ring.defer_taskrun() {
+            // Nothing depends on it for correctness (a child is reaped only
+            // after its group was killed: the ring's waits use WNOWAIT), but
+            // completions then run as task work at any syscall: say so.
+            tracing::warn!("control ring: the kernel refused SINGLE_ISSUER/DEFER_TASKRUN; using a plain io_uring");
+        }
         // UNLINKAT runs in io-wq workers: cap them so cleanup cannot take both
         // cores from the data plane.
         if let Some(cpus) = &cfg.cleanup_cpus {
@@ -212,11 +218,18 @@ impl Control {
             self.fork_start();
         }
         let mut last_tick = Instant::now();
-        if let Err(e) = self.arm_tick() {
-            tracing::warn!(error = %e, "control: no heartbeat timer");
-        }
+        // Reaping stragglers, cgroup drains and shutdown progress depend on
+        // the heartbeat: a failed re-arm is retried after every batch.
+        let mut tick_armed = match self.arm_tick() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "control: cannot queue the heartbeat timer; retrying");
+                false
+            }
+        };
         let mut busy = false;
         let mut ticks: u64 = 0;
+        let mut tick_failures: u64 = 0;
         loop {
             // Wait for a completion unless a cleanup has work ready without one.
             if let Err(e) = self.ring.submit_and_wait(usize::from(!busy)) {
@@ -240,6 +253,11 @@ impl Control {
                             _ => None,
                         };
                         self.on_exit(payload, exit, c.result);
+                        // Reaped only now, after its group was killed: until
+                        // here its pid (= its group's id) could not be reused.
+                        if let Some(e) = exit {
+                            crate::child::sys::reap(e.pid);
+                        }
                     }
                     K_READY if c.result == -libc::ETIME => self.on_ready_deadline(payload),
                     K_TICK => {
@@ -259,9 +277,7 @@ impl Control {
                             self.reap_untracked_zombies();
                         }
                         self.check_draining_cgroups();
-                        if let Err(e) = self.arm_tick() {
-                            tracing::warn!(error = %e, "control: cannot re-arm heartbeat");
-                        }
+                        tick_armed = false;
                     }
                     K_UNLINK => {
                         let idx = (payload & !DIR_BIT) as usize;
@@ -275,12 +291,35 @@ impl Control {
                             _ => None,
                         };
                         self.on_fork_server_exit(payload, exit, c.result);
+                        if let Some(e) = exit {
+                            crate::child::sys::reap(e.pid);
+                        }
                     }
                     K_FS_CHAN => self.on_fork_channel(payload),
                     K_STATUS => self.on_child_status(payload),
-                    K_ORPHAN => self.on_orphan_reaped(payload as usize, c.result),
+                    K_ORPHAN => {
+                        if let Returned::Exit(e) = c.data {
+                            crate::child::sys::reap(e.pid);
+                        }
+                        self.on_orphan_reaped(payload as usize, c.result);
+                    }
                     K_CG_EVENTS => self.on_cgroup_event(payload),
                     _ => {}
+                }
+            }
+            if !tick_armed {
+                match self.arm_tick() {
+                    Ok(()) => {
+                        tick_armed = true;
+                        tick_failures = 0;
+                    }
+                    Err(e) => {
+                        tick_failures += 1;
+                        if tick_failures.is_power_of_two() {
+                            tracing::error!(error = %e, failures = tick_failures,
+                                "control: cannot re-arm the heartbeat timer; retrying");
+                        }
+                    }
                 }
             }
             busy = self.pump_cleanups();

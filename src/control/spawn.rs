@@ -19,7 +19,7 @@ use crate::msg::ToWorker;
 use crate::route::{ChildInfo, RouteKey};
 
 use super::keys::{KeyState, Live, Waiting};
-use super::{tag, Control, K_READY, K_STATUS, K_WAIT};
+use super::{tag, Control, K_IGNORE, K_READY, K_STATUS, K_WAIT};
 
 impl Control {
     /// Starts a child for `key` (which must have no state) and answers
@@ -135,8 +135,9 @@ impl Control {
         self.fail(key, acquirers.workers, &ProxyError::SpawnFailed(msg));
     }
 
-    /// Puts a new child process under watch: WAITID on its pidfd (which reaps
-    /// it), its ready deadline, and a forked child's status socket. On error
+    /// Puts a new child process under watch: WAITID on its pidfd (its exit is
+    /// reported with the process left a zombie; the completion handler reaps
+    /// it after killing its group), its ready deadline, and a forked child's status socket. On error
     /// the process is killed and reaped here, so it never lingers.
     pub(super) fn watch(
         &mut self,
@@ -146,29 +147,43 @@ impl Control {
         pidfd: OwnedFd,
         status: Option<OwnedFd>,
     ) -> Result<Live, String> {
-        if let Err(e) = self.ring.push(
-            Op::WaitId {
-                pidfd: pidfd.as_raw_fd(),
-            },
-            tag(K_WAIT, id),
-        ) {
-            let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
+        let kill_and_reap = |pidfd: &OwnedFd| {
+            let _ = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL);
             // Reap it here (it dies at once) so it never lingers as a zombie.
             let _ = rustix::process::waitid(
                 rustix::process::WaitId::PidFd(pidfd.as_fd()),
                 rustix::process::WaitIdOptions::EXITED,
             );
-            return Err(format!("watching the child: {e}"));
-        }
-        let ready_timer = self
-            .ring
-            .push(
-                Op::Timeout {
-                    after: self.cfg.ready_timeout,
-                },
-                tag(K_READY, id),
-            )
-            .ok();
+        };
+        let wait = match self.ring.push(
+            Op::WaitId {
+                pidfd: pidfd.as_raw_fd(),
+            },
+            tag(K_WAIT, id),
+        ) {
+            Ok(w) => w,
+            Err(e) => {
+                kill_and_reap(&pidfd);
+                return Err(format!("watching the child: {e}"));
+            }
+        };
+        let ready_timer = match self.ring.push(
+            Op::Timeout {
+                after: self.cfg.ready_timeout,
+            },
+            tag(K_READY, id),
+        ) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                // Without its timer a child that never answers would hold its
+                // waiters forever: fail the spawn instead.
+                kill_and_reap(&pidfd);
+                let _ = self
+                    .ring
+                    .push(Op::Cancel { target: wait }, tag(K_IGNORE, 0));
+                return Err(format!("arming the ready timeout: {e}"));
+            }
+        };
         let status = status.filter(|s| {
             self.ring
                 .push(

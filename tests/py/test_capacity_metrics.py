@@ -1,6 +1,8 @@
 """The --admin metrics endpoint and --max-children."""
 
 import os
+import signal
+import time
 import uuid
 
 import httpx
@@ -109,10 +111,23 @@ def test_metrics_follow_activity(ringmux_factory):
     assert 400 <= status_of(bad) < 600, bad[:200]
     wait_until(lambda: _sum_workers(rm.metrics(), "ringmux_proxy_errors_total") > errs0, 3.0,
                what="proxy_errors_total to count the error response")
-    # the recent-max lag gauge is readable twice (reset per scrape) and never negative
-    for _ in range(2):
-        m = rm.metrics()
-        assert all(m[f'ringmux_worker_loop_lag_recent_max_seconds{{worker="{w}"}}'] >= 0 for w in (0, 1))
+    # The lag gauges: stopping the whole process for 300 ms makes every
+    # worker's heartbeat that late; the recent maximum shows it once and is
+    # reset by that scrape, the all-time maximum keeps it.
+    rm.metrics()  # start a fresh "recent" window
+    os.kill(rm.pid, signal.SIGSTOP)
+    time.sleep(0.3)
+    os.kill(rm.pid, signal.SIGCONT)
+    recent = 'ringmux_worker_loop_lag_recent_max_seconds{{worker="{}"}}'
+    alltime = 'ringmux_worker_loop_lag_max_seconds{{worker="{}"}}'
+    time.sleep(0.3)  # the heartbeats due during the stop fire at once after it
+    m = rm.metrics()
+    assert all(m[recent.format(w)] >= 0.2 for w in (0, 1)), m
+    assert all(m[alltime.format(w)] >= 0.2 for w in (0, 1)), m
+    # That scrape reset the recent window: the stop is gone from it.
+    m = rm.metrics()
+    assert all(m[recent.format(w)] < 0.2 for w in (0, 1)), m
+    assert all(m[alltime.format(w)] >= 0.2 for w in (0, 1)), m
     assert rm.stop() == 0
 
 
