@@ -1,31 +1,16 @@
-//! ringmux: the daemon's entry point. Parses the command line and hands off to
+//! ringmux: the daemon's entry point (the daemon itself is the library,
+//! `src/lib.rs`). Parses the command line and hands off to
 //! the server (or, for the hidden `demo-child` subcommand, to the built-in demo
 //! MCP server that `serve --demo` spawns as its child). Exit codes: 0 after a
 //! clean shutdown, 2 for invalid flags, 1 for a failure to start.
 #![deny(unsafe_code)]
 
-mod admin;
-mod cgroup;
-mod child;
-mod cli;
-mod config;
-mod control;
-mod dataplane;
-mod demo;
-mod error;
-mod http;
-mod metrics;
-mod msg;
-mod origin;
-mod route;
-mod server;
-mod zygote;
-
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command};
+use ringmux::cli::{Cli, Command};
+use ringmux::{child, demo, server, zygote};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

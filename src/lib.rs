@@ -1,0 +1,24 @@
+//! The ringmux daemon as a library: `src/main.rs` is only its command line,
+//! and the fuzz targets (`fuzz/`) reach the parsers through it. Modules are
+//! private unless the binary or the fuzzers need them.
+//!
+//! `unsafe` is denied here; the few syscall wrappers that need it carry a
+//! narrow, explained `#![allow(unsafe_code)]` (`child::sys`).
+#![deny(unsafe_code)]
+
+mod admin;
+mod cgroup;
+pub mod child;
+pub mod cli;
+mod config;
+mod control;
+mod dataplane;
+pub mod demo;
+mod error;
+pub mod http;
+mod metrics;
+mod msg;
+pub mod origin;
+mod route;
+pub mod server;
+pub mod zygote;
