@@ -288,7 +288,10 @@ def test_a_broken_fork_server_gets_clear_errors_and_is_restarted(ringmux_factory
     assert len(starts.read_text().split()) < 40, "restarts must back off"
     # Other keys are unaffected by the broken server beyond 5xx; ringmux lives.
     assert rm.alive()
-    assert rm.zombies() == []
+    # A fork server killed a moment ago is a zombie until the control loop
+    # has seen its exit and killed its group (then it is reaped): allow that
+    # moment, never more.
+    wait_until(lambda: rm.zombies() == [], 2, what=f"no zombies (now {rm.zombies()})")
     rm.stop()
 
 
