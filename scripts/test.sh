@@ -2,7 +2,8 @@
 # The one command that runs every test (CI calls it).
 #   fmt check, clippy, release build, cargo tests, Python test env, integration tests
 #   (with per-child cgroups, then again with --cgroup off),
-#   the official MCP conformance suite direct vs through ringmux (npm, local install).
+#   the official MCP conformance suite direct vs through ringmux (npm, local install),
+#   a short fuzzing run of the parsers (nightly + cargo-fuzz, installed if missing).
 # Env: PYTEST_ARGS (extra pytest args), RINGMUX_BIN (binary under test),
 #      RINGMUX_TEST_TIMEOUT (per-test seconds, default 60).
 set -euo pipefail
@@ -37,5 +38,8 @@ RINGMUX_TEST_ARGS="--cgroup off" .venv/bin/python -m pytest -q -p no:cacheprovid
 
 section "MCP conformance suite (scripts/conformance.sh)"
 scripts/conformance.sh
+
+section "fuzzing, short (scripts/fuzz.sh --ci: every parser target 10 s on the committed corpus)"
+scripts/fuzz.sh --ci
 
 section "all tests passed"
