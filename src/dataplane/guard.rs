@@ -64,12 +64,14 @@ pub enum Expiry {
 
 /// Whether `cl` has run out of a limit at `now`.
 pub fn expired(cl: &Client, limits: &ClientLimits, now: Instant) -> Option<Expiry> {
-    if cl.close_after_flush {
-        return None; // already on its way out
-    }
     let since = |t: Instant| now.saturating_duration_since(t);
+    // First: a connection on its way out still must not hold its last
+    // response forever when the client stopped reading it.
     if cl.send_started.is_some_and(|t| since(t) > limits.send) {
         return Some(Expiry::Send);
+    }
+    if cl.close_after_flush {
+        return None; // on its way out: closed once its answer is sent
     }
     match &cl.phase {
         Phase::Head => {
@@ -158,6 +160,9 @@ mod tests {
         };
         c.send_started = Some(t0);
         assert_eq!(expired(&c, &l, t0 + 59 * S), None);
+        assert_eq!(expired(&c, &l, t0 + 61 * S), Some(Expiry::Send));
+        // Also when the connection is to close after that send.
+        c.close_after_flush = true;
         assert_eq!(expired(&c, &l, t0 + 61 * S), Some(Expiry::Send));
     }
 }
