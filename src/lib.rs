@@ -1,5 +1,6 @@
-//! The ringmux daemon as a library: `src/main.rs` is only its command line,
-//! and the fuzz targets (`fuzz/`) reach the parsers through it. Modules are
+//! The ringmux daemon as a library: `src/main.rs` is only its command line.
+//! The HTTP codec and the Origin policy are the `ringmux-http` crate
+//! (`http/`), re-exported here as `http` and `origin`. Modules are
 //! private unless the binary or the fuzzers need them.
 //!
 //! `unsafe` is denied here; the few syscall wrappers that need it carry a
@@ -15,10 +16,10 @@ mod control;
 mod dataplane;
 pub mod demo;
 mod error;
-pub mod http;
+pub use ringmux_http as http;
 mod metrics;
 mod msg;
-pub mod origin;
+pub use ringmux_http::origin;
 mod route;
 pub mod server;
 pub mod zygote;

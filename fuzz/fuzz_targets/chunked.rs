@@ -4,9 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringmux::http::{BodyKind, BodyTracker};
+use ringmux_http::{BodyKind, BodyTracker};
 
-fn run(t: &mut BodyTracker, input: &[u8], step: usize) -> Result<usize, ringmux::http::HttpError> {
+fn run(t: &mut BodyTracker, input: &[u8], step: usize) -> Result<usize, ringmux_http::HttpError> {
     let mut used = 0;
     for piece in input.chunks(step) {
         let n = t.feed(piece)?;

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringmux::origin::{OriginPolicy, Seen};
+use ringmux_http::origin::{OriginPolicy, Seen};
 
 fuzz_target!(|data: &[u8]| {
     let mut parts = data.split(|&b| b == 0);

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringmux::http::{parse_request, HeadAcc, Parsed};
+use ringmux_http::{parse_request, HeadAcc, Parsed};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&cut, input)) = data.split_first() else {

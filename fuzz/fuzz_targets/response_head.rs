@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringmux::http::{parse_response, HeadAcc, Parsed};
+use ringmux_http::{parse_response, HeadAcc, Parsed};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, input)) = data.split_first() else {

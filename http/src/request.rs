@@ -315,7 +315,7 @@ mod tests {
 
     #[test]
     fn pipelined_chunked_then_next() {
-        use crate::http::BodyTracker;
+        use crate::BodyTracker;
         let buf = b"POST /mcp HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n\
             2;x=y\r\n{}\r\n0\r\nX-T: 1\r\n\r\n\
             GET /mcp HTTP/1.1\r\nHost: h\r\n\r\n";

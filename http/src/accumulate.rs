@@ -81,7 +81,7 @@ pub fn may_end(buf: &[u8], from: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::{parse_request, parse_response};
+    use crate::{parse_request, parse_response};
 
     fn big_head(fields: usize) -> Vec<u8> {
         let mut h = b"POST /mcp?vf_state_secret=k HTTP/1.1\r\nHost: a\r\n".to_vec();

@@ -1,4 +1,6 @@
-//! HTTP/1.1 codec (pure: bytes in, heads and body events out; never touches a socket).
+//! ringmux's HTTP/1.1 codec, as a crate of its own (pure: bytes in, heads
+//! and body events out; never touches a socket), so the fuzz targets build
+//! it alone. The daemon uses it as `crate::http` and `crate::origin`.
 //!
 //! This module owns the shared vocabulary of the codec: the [`HttpError`] type
 //! (with the status code the proxy answers each error with), the [`Parsed`]
@@ -6,11 +8,15 @@
 //! ([`MAX_HEAD`], [`MAX_HEADERS`]). The concepts live in the submodules:
 //! request heads ([`request`]), response heads ([`response`]), heads that
 //! arrive in pieces ([`accumulate`]), body framing
-//! ([`body`]), hop-by-hop headers ([`hop`]) and query strings ([`query`]).
+//! ([`body`]), hop-by-hop headers ([`hop`]) and query strings ([`query`]);
+//! the Origin / Host policy, the DNS-rebinding check on request heads,
+//! lives beside them ([`origin`]).
+#![forbid(unsafe_code)]
 
 pub mod accumulate;
 pub mod body;
 pub mod hop;
+pub mod origin;
 pub mod query;
 pub mod request;
 pub mod response;
