@@ -135,9 +135,13 @@ def churn(port: int, per_s: float, stop: threading.Event, stats: dict) -> None:
             if i % 20 == 19:
                 get(port, f"/exit?vf_state_secret={key}", "POST", b"")
                 stats["crashed"] += 1
-                time.sleep(0.05)
-                if get(port, f"/state?vf_state_secret={key}") == 200:
-                    stats["respawned"] += 1
+                # Until the crash is seen a request may get 502; then a fresh
+                # child answers (bounded: 40 tries, 2 s).
+                for _ in range(40):
+                    if get(port, f"/state?vf_state_secret={key}") == 200:
+                        stats["respawned"] += 1
+                        break
+                    time.sleep(0.05)
             get(port, f"/vf/close?vf_state_secret={key}", "POST", b"")
             stats["rollouts"] += 1
         except OSError as e:
