@@ -91,7 +91,10 @@ def test_no_key_in_logs_metrics_or_processes_exec_mode(ringmux_factory):
     # a crash, then a fresh child for the same key
     assert rm.get("/state", crashed).status_code == 200
     assert rm.post("/exit", crashed).status_code == 200
+    # Seen as crashed first (until then a request may still reach the dying child).
+    rm.wait_metric("ringmux_child_exits_total", lambda v: v == 1, timeout=10, cause="crashed")
     wait_until(lambda: rm.get("/state", crashed).status_code == 200, 10, what="a fresh child")
+    assert rm.metric("ringmux_live_children") == 2
     # refusals: a foreign Origin (403), capacity (503: three live already)
     r = rm.get("/state", refused, headers={"Origin": "http://evil.example"})
     assert r.status_code == 403
