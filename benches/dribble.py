@@ -103,6 +103,16 @@ def main():
     sink = socket.socket()
     sink.bind(("127.0.0.1", 0))
     sink.listen(a.conns + 64)
+    held: list[socket.socket] = []
+
+    def accept_and_hold():  # accepted (so the queue never fills) but never read
+        while True:
+            try:
+                held.append(sink.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept_and_hold, daemon=True).start()
     p = subprocess.Popen([RINGMUX, "serve", "--demo", "--listen", "127.0.0.1:0", "--base-dir", base,
                           "--head-timeout", f"{int(a.secs * 4 + 30)}s"],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -127,6 +137,8 @@ def main():
                 finally:
                     if d:
                         d.close()
+                    while held:
+                        held.pop().close()
                 time.sleep(0.5)
             rounds.append(res)
             print(f"round {r + 1}: " + ", ".join(f"{m} p50 {res[m]['p50_us']} p99 {res[m]['p99_us']} µs"
