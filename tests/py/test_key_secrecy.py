@@ -7,37 +7,18 @@ their business, not ringmux's: the children used here do not log.)"""
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from urllib.parse import quote
 
 import httpx
 
-from conftest import RAW_CMD, status_of, wait_until
+from conftest import RAW_CMD, raw_http, status_of, wait_until
 
 TRACE = {"RINGMUX_LOG": "trace"}
 
 
 def secret() -> str:
     return "sekrit" + uuid.uuid4().hex
-
-
-def raw(rm, data: bytes) -> bytes:
-    s = socket.create_connection(("127.0.0.1", rm.port), timeout=10)
-    try:
-        s.sendall(data)
-        out = b""
-        while True:
-            try:
-                b = s.recv(65536)
-            except (ConnectionResetError, socket.timeout):
-                break
-            if not b:
-                break
-            out += b
-        return out
-    finally:
-        s.close()
 
 
 def forms(key: str) -> list[bytes]:
@@ -105,13 +86,13 @@ def test_no_key_in_logs_metrics_or_processes_exec_mode(ringmux_factory):
     assert rm.close_key(third).text == "closed"
     # errors: malformed head (400), body too large (413), a head that never ends (408)
     bad = secret()
-    assert status_of(raw(rm, f"GET /state?vf_state_secret={bad} HTTP/1.1\r\nHost: 127.0.0.1\r\nNo colon\r\n\r\n"
+    assert status_of(raw_http(rm.port, f"GET /state?vf_state_secret={bad} HTTP/1.1\r\nHost: 127.0.0.1\r\nNo colon\r\n\r\n"
                          .encode())) == 400
     big = secret()
-    assert status_of(raw(rm, f"POST /echo?vf_state_secret={big} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    assert status_of(raw_http(rm.port, f"POST /echo?vf_state_secret={big} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                          f"Content-Length: 999999999\r\n\r\n".encode())) == 413
     slow = secret()
-    assert status_of(raw(rm, f"GET /state?vf_state_secret={slow} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode())) == 408
+    assert status_of(raw_http(rm.port, f"GET /state?vf_state_secret={slow} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode())) == 408
     # a child that dies at once: 502 for its waiters
     gone = secret()
     r = rm.post("/die", gone)
