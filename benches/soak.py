@@ -39,6 +39,9 @@ import threading
 import time
 import uuid
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import proc_status  # noqa: E402  (VmRSS, Threads, fds of a pid)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RINGMUX = os.path.join(ROOT, "target/release/ringmux")
 LOADGEN = os.path.join(ROOT, "target/release/examples/loadgen")
@@ -89,17 +92,6 @@ def metric(url: str, name: str) -> float:
         if line.startswith(name + " ") or line.startswith(name + "{"):
             total += float(line.rsplit(" ", 1)[1])
     return total
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k in ("VmRSS", "Threads"):
-                out[k] = int(v.split()[0])
-    out["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
-    return out
 
 
 def children_of(pid: int) -> int:

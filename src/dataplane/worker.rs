@@ -692,17 +692,7 @@ impl Worker {
                                 .too_large
                                 .fetch_add(1, Relaxed);
                         }
-                        if self.up_ok(up) && self.ups[up.0].got_bytes {
-                            // The response has begun: an error cannot follow it.
-                            self.abort_client(r);
-                            return;
-                        }
-                        self.close_up(up);
-                        let cl = &mut self.clients[r.0];
-                        cl.pending.clear();
-                        cl.pending_bytes = 0;
-                        cl.phase = Phase::Head;
-                        self.respond_error(r, &ProxyError::BadRequest(e));
+                        self.fail_request_body(r, &ProxyError::BadRequest(e));
                         return;
                     }
                     self.send_upstream(up, segs, done);
@@ -1496,18 +1486,25 @@ impl Worker {
             Expiry::Body => {
                 m.body_timeouts.fetch_add(1, Relaxed);
                 tracing::debug!(worker = self.id, "request body stalled past --body-timeout");
-                if let Phase::Proxy { up, .. } = self.clients[r.0].phase {
-                    if self.up_ok(up) && self.ups[up.0].got_bytes {
-                        // The response has begun: an error cannot follow it.
-                        self.abort_client(r);
-                        return;
-                    }
-                    self.close_up(up);
-                }
-                self.clients[r.0].keep_alive = false;
-                self.respond_error(r, &ProxyError::RequestTimeout);
+                self.fail_request_body(r, &ProxyError::RequestTimeout);
             }
         }
+    }
+
+    /// A request whose body cannot be read to its end (broken framing, over
+    /// `--max-body`, stalled): its upstream exchange is dropped and the client
+    /// gets `err` and a close — or, if the child's response has begun (an
+    /// error cannot follow it), just the close.
+    fn fail_request_body(&mut self, r: Ref, err: &ProxyError) {
+        if let Phase::Proxy { up, .. } = self.clients[r.0].phase {
+            if self.up_ok(up) && self.ups[up.0].got_bytes {
+                self.abort_client(r);
+                return;
+            }
+            self.close_up(up);
+        }
+        self.clients[r.0].keep_alive = false;
+        self.respond_error(r, err);
     }
 
     // ----- teardown ---------------------------------------------------------

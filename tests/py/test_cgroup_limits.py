@@ -133,6 +133,22 @@ def forker(tag: int, n: int, keep: int, report: str) -> list[str]:
     return [sys.executable, "-c", script]
 
 
+def service_cgroup(name: str) -> str:
+    """A cgroup below the root with the pids controller offered to it, as a
+    service manager's delegated cgroup is (removed by remove_cgroup_tree)."""
+    svc = os.path.join(MOUNT, name)
+    os.mkdir(svc)
+    with open(os.path.join(MOUNT, "cgroup.subtree_control"), "w") as f:
+        f.write("+pids")
+    return svc
+
+
+def assert_stop_left_nothing(svc: str, instance: str) -> None:
+    assert not os.path.exists(f"{svc}/{instance}"), "a stopped instance left its cgroup"
+    assert not os.path.exists(f"{svc}/{instance}.supervisor"), "a stopped instance left its leaf"
+    assert read(f"{svc}/cgroup.subtree_control").split() == [], "a stop left controllers enabled"
+
+
 def test_pids_max_caps_what_a_rollout_can_start(ringmux_factory, tmp_path, tag):
     report = str(tmp_path / "forked")
     rm = ringmux_factory(cmd=forker(tag, 20, 2, report),
@@ -174,10 +190,7 @@ def test_a_non_root_cgroup_moves_ringmux_into_a_leaf(ringmux_factory, tmp_path, 
     the same cgroup, whose controllers the dead one enabled (which makes the
     kernel refuse a move into a leaf): it removes the dead instance's cgroup
     and leaf, takes the controllers over and runs."""
-    svc = os.path.join(MOUNT, f"rmx-test-svc-{tag}")
-    os.mkdir(svc)
-    with open(os.path.join(MOUNT, "cgroup.subtree_control"), "w") as f:
-        f.write("+pids")
+    svc = service_cgroup(f"rmx-test-svc-{tag}")
     try:
         def start():
             rm = ringmux_factory(demo=True, args=["--cgroup", "required", "--child-pids-max", "7"],
@@ -204,9 +217,7 @@ def test_a_non_root_cgroup_moves_ringmux_into_a_leaf(ringmux_factory, tmp_path, 
         assert read(f"{cg}/pids.max").strip() == "7"
         name2 = os.path.basename(second.instance_dir)
         second.stop()
-        assert not os.path.exists(f"{svc}/{name2}"), "a stopped instance left its cgroup"
-        assert not os.path.exists(f"{svc}/{name2}.supervisor"), "a stopped instance left its leaf"
-        assert read(f"{svc}/cgroup.subtree_control").split() == [], "a stop left controllers enabled"
+        assert_stop_left_nothing(svc, name2)
     finally:
         remove_cgroup_tree(svc)
 
@@ -232,10 +243,7 @@ def test_a_container_like_cgroup_namespace_is_contained_and_limited(ringmux_fact
     It must find both, move itself into a leaf (the namespace's root is not
     the real root: the no-internal-processes rule applies), apply the limit,
     and kill what a rollout left at its close."""
-    svc = os.path.join(MOUNT, f"rmx-test-ns-{tag}")
-    os.mkdir(svc)
-    with open(os.path.join(MOUNT, "cgroup.subtree_control"), "w") as f:
-        f.write("+pids")
+    svc = service_cgroup(f"rmx-test-ns-{tag}")
     launcher = tmp_path / "ns-launch.sh"
     launcher.write_text(NS_LAUNCHER)
     launcher.chmod(0o755)
@@ -259,8 +267,6 @@ def test_a_container_like_cgroup_namespace_is_contained_and_limited(ringmux_fact
         assert escapees(tag) == [], "a process outlived its rollout's close"
         assert not os.path.exists(f"{svc}/{name}/{kids[0]}")
         rm.stop()
-        assert not os.path.exists(f"{svc}/{name}"), "a stopped instance left its cgroup"
-        assert not os.path.exists(f"{svc}/{name}.supervisor"), "a stopped instance left its leaf"
-        assert read(f"{svc}/cgroup.subtree_control").split() == [], "a stop left controllers enabled"
+        assert_stop_left_nothing(svc, name)
     finally:
         remove_cgroup_tree(svc)
