@@ -66,7 +66,7 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
 
     /// Data-plane worker threads, each with its own io_uring and listener
-    /// [default: number of CPU cores].
+    /// [default: number of CPUs the workers may run on (see --worker-cpus)].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
 
@@ -111,18 +111,51 @@ pub struct ServeArgs {
     #[arg(long)]
     pub keep_failed_dirs: bool,
 
-    /// Most kernel (io-wq) threads deleting child directories at once. They run
-    /// at nice 19; fewer threads disturb other rollouts' requests less on small
-    /// machines, more delete large trees faster.
+    /// Most kernel (io-wq) threads deleting the trash while the workers serve.
+    /// They run at nice 19; fewer threads disturb other rollouts' requests less
+    /// on small machines. When nobody is served, up to two per CPU.
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub cleanup_workers: u32,
 
-    /// CPUs the directory-deleting kernel threads may run on: `auto` (the last
-    /// CPU, on machines with two or more), `all`, or a list like `2,3`.
-    /// Confining them keeps a data-plane wake-up from queueing behind a kernel
-    /// thread in the middle of an unlink.
+    /// CPUs the directory-deleting kernel threads keep to while the workers
+    /// serve: `auto` (the last CPU, on machines with two or more), `all`, or a
+    /// list like `2,3`. Confining them keeps a data-plane wake-up from queueing
+    /// behind a kernel thread in the middle of an unlink. When nobody is
+    /// served they may use every CPU.
     #[arg(long, default_value = "auto", value_name = "CPUS")]
     pub cleanup_cpus: String,
+
+    /// CPUs the data-plane workers may run on: `auto` (with 3 or more CPUs,
+    /// every CPU but the cleanup CPUs, so directory deletion never competes
+    /// with a worker; with fewer, any), `all`, or a list like `0,1`.
+    #[arg(long, default_value = "auto", value_name = "CPUS")]
+    pub worker_cpus: String,
+
+    /// How a closed rollout's directory is deleted. It always goes into the
+    /// instance's trash first (one rename, so the close answers at once);
+    /// `adaptive` then deletes the trash at full speed while no request is
+    /// being served and in short paced bursts while the workers serve
+    /// (between --cleanup-floor and --cleanup-rate, slower when the workers'
+    /// event loops run late); `off` deletes at full speed always.
+    #[arg(long, default_value = "adaptive", value_name = "adaptive|off",
+          value_parser = ["adaptive", "off"])]
+    pub cleanup_pace: String,
+
+    /// Most trash entries (files and directories) deleted per second while the
+    /// workers serve.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub cleanup_rate: u32,
+
+    /// Fewest trash entries deleted per second while the workers serve, however
+    /// late their loops run: the trash keeps draining under steady load.
+    #[arg(long, default_value_t = 7_000, value_name = "N")]
+    pub cleanup_floor: u32,
+
+    /// Trash entries known and not yet deleted past which the trash is deleted
+    /// at full speed (logged, and counted in ringmux_trash_over_cap_total),
+    /// until it is back under half of it.
+    #[arg(long, default_value_t = 200_000, value_name = "N")]
+    pub cleanup_backlog_max: u64,
 
     /// An `Origin` browsers may send (repeatable), e.g.
     /// `--allow-origin http://localhost:3000`; `*` allows any. Without it only

@@ -47,6 +47,10 @@ pub struct Config {
     pub cleanup_workers: u32,
     /// CPUs for those threads (`None`: any).
     pub cleanup_cpus: Option<Vec<usize>>,
+    /// CPUs for the data-plane workers (`None`: any).
+    pub worker_cpus: Option<Vec<usize>>,
+    /// How the trash is deleted.
+    pub pace: crate::control::pace::PaceConfig,
     /// Which Origin / Host headers the listener accepts.
     pub origin: OriginPolicy,
     /// Per-child cgroups.
@@ -80,6 +84,14 @@ pub enum ConfigError {
     /// Bad `--cleanup-cpus`.
     #[error("--cleanup-cpus must be `auto`, `all` or a comma-separated list of CPU numbers")]
     CleanupCpus,
+    /// Bad `--worker-cpus`.
+    #[error("--worker-cpus must be `auto`, `all` or a comma-separated list of CPU numbers")]
+    WorkerCpus,
+    /// `--cleanup-floor` / `--cleanup-rate` out of range.
+    #[error(
+        "--cleanup-rate and --cleanup-floor must be at least 1 and the floor at most the rate"
+    )]
+    CleanupRate,
     /// Bad `--allow-origin`.
     #[error(transparent)]
     AllowOrigin(#[from] BadOrigin),
@@ -101,9 +113,18 @@ impl Config {
         } else {
             ChildCommand::Exec(args.command)
         };
-        let workers = args
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let cleanup_cpus = cleanup_cpus(&args.cleanup_cpus)?;
+        let worker_cpus = worker_cpus(&args.worker_cpus, cleanup_cpus.as_deref(), &allowed_cpus())?;
+        let workers = args.workers.unwrap_or_else(|| match &worker_cpus {
+            Some(c) => c.len(),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        });
+        if args.cleanup_rate == 0
+            || args.cleanup_floor == 0
+            || args.cleanup_floor > args.cleanup_rate
+        {
+            return Err(ConfigError::CleanupRate);
+        }
         if workers == 0 || workers > 256 {
             return Err(ConfigError::Workers);
         }
@@ -142,7 +163,15 @@ impl Config {
             admin: args.admin,
             keep_failed_dirs: args.keep_failed_dirs,
             cleanup_workers: args.cleanup_workers,
-            cleanup_cpus: cleanup_cpus(&args.cleanup_cpus)?,
+            cleanup_cpus,
+            worker_cpus,
+            pace: crate::control::pace::PaceConfig {
+                adaptive: args.cleanup_pace != "off",
+                rate: args.cleanup_rate,
+                floor: args.cleanup_floor,
+                backlog_max: args.cleanup_backlog_max,
+                ..crate::control::pace::PaceConfig::default()
+            },
             origin: OriginPolicy::new(&args.allow_origins, args.listen.ip().is_loopback())?,
             cgroup: args.cgroup,
             limits: crate::cgroup::Limits {
@@ -167,6 +196,53 @@ impl Config {
 /// shares a core with more than one data-plane thread's worth of work, and a
 /// data-plane wake-up finds the other core free instead of queueing behind a
 /// kernel thread in the middle of an unlink); a list → those CPUs.
+/// The CPUs this process may run on.
+pub(crate) fn allowed_cpus() -> Vec<usize> {
+    match rustix::thread::sched_getaffinity(None) {
+        Ok(set) => (0..rustix::thread::CpuSet::MAX_CPU)
+            .filter(|&c| set.is_set(c))
+            .collect(),
+        Err(_) => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
+    }
+}
+
+/// Resolves `--worker-cpus`: `all` → no pinning; `auto` → with 3 or more
+/// allowed CPUs, those that are not cleanup CPUs (none left: no pinning);
+/// with fewer, no pinning (a 2-CPU machine keeps both for the data plane,
+/// and the cleanup's pacing protects it instead); a list → those CPUs.
+fn worker_cpus(
+    spec: &str,
+    cleanup: Option<&[usize]>,
+    allowed: &[usize],
+) -> Result<Option<Vec<usize>>, ConfigError> {
+    match spec.trim() {
+        "all" => Ok(None),
+        "auto" => {
+            let Some(cleanup) = cleanup else {
+                return Ok(None);
+            };
+            if allowed.len() < 3 {
+                return Ok(None);
+            }
+            let rest: Vec<usize> = allowed
+                .iter()
+                .copied()
+                .filter(|c| !cleanup.contains(c))
+                .collect();
+            Ok((!rest.is_empty()).then_some(rest))
+        }
+        _ => cpu_list(spec).ok_or(ConfigError::WorkerCpus).map(Some),
+    }
+}
+
+fn cpu_list(list: &str) -> Option<Vec<usize>> {
+    let cpus: Result<Vec<usize>, _> = list.split(',').map(|c| c.trim().parse::<usize>()).collect();
+    match cpus {
+        Ok(c) if !c.is_empty() && c.iter().all(|&x| x < 1024) => Some(c),
+        _ => None,
+    }
+}
+
 fn cleanup_cpus(spec: &str) -> Result<Option<Vec<usize>>, ConfigError> {
     match spec.trim() {
         "all" => Ok(None),
@@ -174,20 +250,41 @@ fn cleanup_cpus(spec: &str) -> Result<Option<Vec<usize>>, ConfigError> {
             let n = std::thread::available_parallelism().map_or(1, |n| n.get());
             Ok((n >= 2).then(|| vec![n - 1]))
         }
-        list => {
-            let cpus: Result<Vec<usize>, _> =
-                list.split(',').map(|c| c.trim().parse::<usize>()).collect();
-            match cpus {
-                Ok(c) if !c.is_empty() && c.iter().all(|&x| x < 1024) => Ok(Some(c)),
-                _ => Err(ConfigError::CleanupCpus),
-            }
-        }
+        list => cpu_list(list).ok_or(ConfigError::CleanupCpus).map(Some),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn worker_cpus_avoid_the_cleanup_cpus_from_three_cpus_on() {
+        let four = [0, 1, 2, 3];
+        assert_eq!(
+            worker_cpus("auto", Some(&[3]), &four),
+            Ok(Some(vec![0, 1, 2]))
+        );
+        assert_eq!(
+            worker_cpus("auto", Some(&[2, 3]), &four),
+            Ok(Some(vec![0, 1]))
+        );
+        assert_eq!(
+            worker_cpus("auto", Some(&[1]), &[0, 1]),
+            Ok(None),
+            "two CPUs: both"
+        );
+        assert_eq!(
+            worker_cpus("auto", None, &four),
+            Ok(None),
+            "cleanup unpinned"
+        );
+        assert_eq!(worker_cpus("auto", Some(&[0, 1, 2]), &[0, 1, 2]), Ok(None));
+        assert_eq!(worker_cpus("all", Some(&[3]), &four), Ok(None));
+        assert_eq!(worker_cpus("0,2", Some(&[3]), &four), Ok(Some(vec![0, 2])));
+        assert_eq!(worker_cpus("x", None, &four), Err(ConfigError::WorkerCpus));
+        assert!(!allowed_cpus().is_empty());
+    }
 
     #[test]
     fn cleanup_cpu_specs() {

@@ -12,6 +12,9 @@ use std::time::Duration;
 
 /// Upper bounds (seconds) of the cleanup-duration histogram buckets.
 const CLEANUP_BUCKETS: [f64; 8] = [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+/// Upper bounds (seconds) of the close-teardown histogram (a child's exit
+/// seen → its directory out of the way and its closers answered).
+const TEARDOWN_BUCKETS: [f64; 8] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1, 1.0];
 /// Upper bounds (CPU seconds) of the per-rollout CPU histogram.
 const ROLLOUT_CPU_BUCKETS: [f64; 8] = [0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0];
 /// Upper bounds (bytes) of the per-rollout peak-memory histogram.
@@ -119,6 +122,8 @@ impl ExitCause {
 pub struct WorkerMetrics {
     /// Requests whose head was parsed.
     pub requests: AtomicU64,
+    /// Of those, close requests (`--close-path`).
+    pub closes: AtomicU64,
     /// Error responses ringmux generated itself (4xx/5xx).
     pub proxy_errors: AtomicU64,
     /// Requests refused by the Origin / Host check (403).
@@ -141,6 +146,10 @@ pub struct WorkerMetrics {
     pub lag_max_us: AtomicU64,
     /// Longest heartbeat lateness since the previous scrape, µs.
     pub lag_recent_us: AtomicU64,
+    /// Lateness of the latest heartbeat, µs (read by the cleanup pacing).
+    pub lag_last_us: AtomicU64,
+    /// Heartbeats so far.
+    pub beats: AtomicU64,
 }
 
 impl WorkerMetrics {
@@ -149,6 +158,8 @@ impl WorkerMetrics {
         let us = late.as_micros().min(u128::from(u64::MAX)) as u64;
         self.lag_max_us.fetch_max(us, Relaxed);
         self.lag_recent_us.fetch_max(us, Relaxed);
+        self.lag_last_us.store(us, Relaxed);
+        self.beats.fetch_add(1, Relaxed);
     }
 }
 
@@ -193,6 +204,22 @@ pub struct Metrics {
     pub orphans_reaped: AtomicU64,
     /// Per-child cgroups that exist (running or draining).
     pub live_cgroups: AtomicU64,
+    /// Trees in the trash (moved there, not yet deleted).
+    pub trash_trees: AtomicU64,
+    /// Entries known in the trash and not yet deleted.
+    pub trash_backlog: AtomicU64,
+    /// Entries deleted from the trash.
+    pub trash_removed: AtomicU64,
+    /// Entries deleted from the trash in the latest second.
+    pub trash_drain_rate: AtomicU64,
+    /// The current paced rate, entries/s.
+    pub trash_pace_rate: AtomicU64,
+    /// The pacing mode (index into `pace::Mode::ALL`).
+    pub trash_mode: AtomicU64,
+    /// Times the trash backlog passed `--cleanup-backlog-max`.
+    pub trash_over_cap: AtomicU64,
+    /// A child's exit seen → its directory out of the way, closers answered.
+    pub teardown: Histogram,
 }
 
 impl Metrics {
@@ -219,6 +246,14 @@ impl Metrics {
             fork_server_ready: AtomicU64::new(0),
             orphans_reaped: AtomicU64::new(0),
             live_cgroups: AtomicU64::new(0),
+            trash_trees: AtomicU64::new(0),
+            trash_backlog: AtomicU64::new(0),
+            trash_removed: AtomicU64::new(0),
+            trash_drain_rate: AtomicU64::new(0),
+            trash_pace_rate: AtomicU64::new(0),
+            trash_mode: AtomicU64::new(0),
+            trash_over_cap: AtomicU64::new(0),
+            teardown: Histogram::new(&TEARDOWN_BUCKETS),
         }
     }
 
@@ -356,11 +391,18 @@ impl Metrics {
             "# HELP ringmux_control_loop_lag_max_seconds Longest lateness of the control loop's 10 ms heartbeat since start.\n# TYPE ringmux_control_loop_lag_max_seconds gauge\nringmux_control_loop_lag_max_seconds {}",
             secs(self.control_lag_max_us.load(Relaxed))
         );
+        self.render_trash(&mut o);
         type Pick = fn(&WorkerMetrics) -> u64;
-        let per_worker: [(&str, &str, &str, Pick); 12] = [
+        let per_worker: [(&str, &str, &str, Pick); 13] = [
             ("ringmux_requests_total", "counter", "Requests received, per worker.", |w| {
                 w.requests.load(Relaxed)
             }),
+            (
+                "ringmux_close_requests_total",
+                "counter",
+                "Close requests (--close-path) received, per worker.",
+                |w| w.closes.load(Relaxed),
+            ),
             (
                 "ringmux_proxy_errors_total",
                 "counter",
@@ -437,6 +479,66 @@ impl Metrics {
             }
         }
         o
+    }
+}
+
+impl Metrics {
+    fn render_trash(&self, o: &mut String) {
+        let gauge = |o: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge(
+            o,
+            "ringmux_trash_trees",
+            "Closed rollouts' directories in the trash, not yet deleted.",
+            self.trash_trees.load(Relaxed),
+        );
+        gauge(
+            o,
+            "ringmux_trash_backlog_entries",
+            "Files and directories known in the trash and not yet deleted (a lower bound while trees are still being read).",
+            self.trash_backlog.load(Relaxed),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP ringmux_trash_removed_entries_total Files and directories deleted from the trash.\n# TYPE ringmux_trash_removed_entries_total counter\nringmux_trash_removed_entries_total {}",
+            self.trash_removed.load(Relaxed)
+        );
+        gauge(
+            o,
+            "ringmux_trash_drain_rate",
+            "Entries deleted from the trash in the latest second.",
+            self.trash_drain_rate.load(Relaxed),
+        );
+        gauge(
+            o,
+            "ringmux_trash_pace_rate",
+            "Entries/s the trash may be deleted at while the workers serve (adapted to their loop lag).",
+            self.trash_pace_rate.load(Relaxed),
+        );
+        let mode = self.trash_mode.load(Relaxed) as usize;
+        let _ = writeln!(
+            o,
+            "# HELP ringmux_trash_mode How the trash is being deleted: idle (full speed, nobody served), paced, over_cap (full speed past --cleanup-backlog-max), shutdown, off (--cleanup-pace off).\n# TYPE ringmux_trash_mode gauge"
+        );
+        for (i, m) in crate::control::pace::Mode::ALL.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "ringmux_trash_mode{{mode=\"{}\"}} {}",
+                m.label(),
+                u64::from(i == mode)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP ringmux_trash_over_cap_total Times the trash backlog passed --cleanup-backlog-max (deleted at full speed then).\n# TYPE ringmux_trash_over_cap_total counter\nringmux_trash_over_cap_total {}",
+            self.trash_over_cap.load(Relaxed)
+        );
+        self.teardown.render(
+            o,
+            "ringmux_close_teardown_seconds",
+            "From a child's exit seen to its directory moved out of the way (into the trash) and its closers answered.",
+        );
     }
 }
 

@@ -130,6 +130,7 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         base_fd,
         metrics: Arc::clone(&metrics),
         cgroups,
+        pace: cfg.pace,
     };
     let ctl_workers = worker_tx.clone();
     let (ctl_ready_tx, ctl_ready_rx) = mpsc::channel::<Result<(), String>>();
@@ -182,9 +183,14 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
             limits: cfg.client,
         };
         let ready = ready_tx.clone();
+        let cpus = cfg.worker_cpus.clone();
         let h = std::thread::Builder::new()
             .name(format!("ringmux-w{id}"))
             .spawn(move || match Worker::new(setup_w) {
+                Ok(w) if !pin_worker(id, cpus.as_deref()) => {
+                    drop(w);
+                    let _ = ready.send(Err("cannot pin the worker to --worker-cpus".into()));
+                }
                 Ok(w) => {
                     let _ = ready.send(Ok(()));
                     w.run();
@@ -231,7 +237,8 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         }
         None => None,
     };
-    tracing::info!(addr = %local, workers = cfg.workers, dir = %instance_dir.display(),
+    tracing::info!(addr = %local, workers = cfg.workers, worker_cpus = ?cfg.worker_cpus,
+        cleanup_cpus = ?cfg.cleanup_cpus, dir = %instance_dir.display(),
         "ringmux ready");
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "ringmux: instance dir {}", instance_dir.display());
@@ -389,5 +396,29 @@ fn raise_nofile_limit() {
             maximum: Some(max),
         };
         let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, new);
+    }
+}
+
+/// Confines the calling worker thread to `cpus` (`--worker-cpus`); returns
+/// false if that was asked for and failed.
+fn pin_worker(id: usize, cpus: Option<&[usize]>) -> bool {
+    let Some(cpus) = cpus else {
+        return true;
+    };
+    let mut set = rustix::thread::CpuSet::new();
+    for &c in cpus {
+        if c < rustix::thread::CpuSet::MAX_CPU {
+            set.set(c);
+        }
+    }
+    match rustix::thread::sched_setaffinity(None, &set) {
+        Ok(()) => {
+            tracing::debug!(worker = id, ?cpus, "worker pinned");
+            true
+        }
+        Err(e) => {
+            tracing::error!(worker = id, ?cpus, error = %e, "cannot pin a worker to --worker-cpus");
+            false
+        }
     }
 }

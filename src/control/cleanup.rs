@@ -1,13 +1,16 @@
 //! Removing a child's directory on the control ring: walk it with `getdents64`
 //! in bounded chunks, unlink files with batched `IORING_OP_UNLINKAT`
-//! submissions (at most [`MAX_IN_FLIGHT`] at once), then remove directories
+//! submissions (as many in flight as the pacing allows), then remove directories
 //! deepest first with `AT_REMOVEDIR`.
 //!
 //! A [`Cleanup`] is a state machine driven by the control loop: [`Cleanup::pump`]
 //! does a bounded amount of synchronous work (one directory-read chunk at most)
-//! and queues unlinks; [`Cleanup::on_complete`] accounts for each finished one.
+//! and queues as many unlinks as its [`Allowance`] lets it (the trash's pacing,
+//! [`super::pace`]); [`Cleanup::on_complete`] accounts for each finished one.
 //! Between the two, the control ring keeps turning, so spawns for other keys
-//! and exit notifications are never stuck behind a large tree.
+//! and exit notifications are never stuck behind a large tree. Reading runs
+//! ahead of the unlinks (up to [`READ_AHEAD`] names), so that a paced
+//! cleanup still knows how much is left: [`Cleanup::known_left`].
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -15,12 +18,14 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use ringmux_uring::{Op, Ring};
+
+use super::pace::Allowance;
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
 
-/// Most unlinks in flight per cleanup (128–256 measured best, DESIGN §3).
-pub const MAX_IN_FLIGHT: usize = 192;
 /// Most directory entries read per [`Cleanup::pump`] call.
 pub const ENTRIES_PER_PUMP: usize = 1024;
+/// Most names read and not yet unlinked per cleanup.
+pub const READ_AHEAD: usize = 65_536;
 /// Whole-tree passes before giving up (a second pass catches entries that a
 /// straggling grandchild created during the first).
 const MAX_PASSES: u32 = 3;
@@ -65,8 +70,11 @@ pub struct Cleanup {
     parent: OwnedFd,
     root_name: CString,
     nodes: Vec<Node>,
-    /// Files found but not yet submitted (node index, name).
-    backlog: Vec<(usize, CString)>,
+    /// Files found but not yet submitted, per directory.
+    backlog: Backlog,
+    /// Directories of the current depth not yet submitted (parent node
+    /// index, name; `None`: the root, relative to `parent`).
+    dir_backlog: Vec<(Option<usize>, CString)>,
     in_flight: usize,
     phase: Phase,
     pass: u32,
@@ -86,7 +94,8 @@ impl Cleanup {
             parent,
             root_name,
             nodes: Vec::new(),
-            backlog: Vec::new(),
+            backlog: Backlog::default(),
+            dir_backlog: Vec::new(),
             in_flight: 0,
             phase: Phase::Files,
             pass: 0,
@@ -131,31 +140,51 @@ impl Cleanup {
         self.started.elapsed()
     }
 
-    /// Does a bounded amount of work: reads at most [`ENTRIES_PER_PUMP`]
-    /// entries and queues unlinks on `ring` (tagged `tag`) up to the cap.
-    /// Returns true when it should be pumped again without waiting for a
-    /// completion (it has work but nothing in flight).
-    pub fn pump(&mut self, ring: &mut Ring, tag: u64) -> bool {
-        self.step(ring, tag);
-        self.phase != Phase::Done && self.in_flight == 0
+    /// Entries found and not yet removed (names read, unlinks in flight,
+    /// directories): a lower bound of what is left while reading goes on.
+    pub fn known_left(&self) -> u64 {
+        let dirs = match self.phase {
+            Phase::Done => 0,
+            Phase::Files => self.nodes.len(),
+            Phase::Dirs(d) => {
+                self.dir_backlog.len() + self.nodes.iter().filter(|n| n.depth < d).count()
+            }
+            Phase::Root => self.dir_backlog.len(),
+        };
+        (self.backlog.len() + self.in_flight + dirs) as u64
     }
 
-    fn step(&mut self, ring: &mut Ring, tag: u64) {
+    /// Does a bounded amount of work: reads at most [`ENTRIES_PER_PUMP`]
+    /// entries and queues unlinks on `ring` (tagged `tag`) as far as `allow`
+    /// lets it (each queued unlink spends one of its tokens). Returns true
+    /// when it should be pumped again without waiting for a completion (it
+    /// has work it could do now: nothing in flight and tokens left, or names
+    /// still to read).
+    pub fn pump(&mut self, ring: &mut Ring, tag: u64, allow: &mut Allowance) -> bool {
+        let read_more = self.step(ring, tag, allow);
+        self.phase != Phase::Done && ((self.in_flight == 0 && allow.tokens > 0) || read_more)
+    }
+
+    /// Returns whether names are left to read that the read-ahead has room
+    /// for.
+    fn step(&mut self, ring: &mut Ring, tag: u64, allow: &mut Allowance) -> bool {
         loop {
             match self.phase {
-                Phase::Done => return,
+                Phase::Done => return false,
                 Phase::Files => {
-                    self.submit_backlog(ring, tag);
-                    if self.in_flight >= MAX_IN_FLIGHT {
-                        return;
-                    }
-                    if let Some(idx) = self.nodes.iter().position(|n| !n.read_done) {
+                    self.submit_backlog(ring, tag, allow);
+                    let unread = self.nodes.iter().position(|n| !n.read_done);
+                    if let Some(idx) = unread {
+                        if self.backlog.len() >= READ_AHEAD {
+                            return false;
+                        }
                         self.read_chunk(idx);
-                        self.submit_backlog(ring, tag);
-                        return;
+                        self.submit_backlog(ring, tag, allow);
+                        return self.backlog.len() < READ_AHEAD
+                            && self.nodes.iter().any(|n| !n.read_done);
                     }
                     if !self.backlog.is_empty() || self.in_flight > 0 {
-                        return;
+                        return false;
                     }
                     let max_depth = self.nodes.iter().map(|n| n.depth).max().unwrap_or(0);
                     self.phase = if max_depth == 0 {
@@ -163,18 +192,26 @@ impl Cleanup {
                     } else {
                         Phase::Dirs(max_depth)
                     };
-                    self.submit_dirs(ring, tag);
+                    self.queue_dirs();
+                    self.submit_dirs(ring, tag, allow);
+                    return false;
                 }
                 Phase::Dirs(_) | Phase::Root => {
-                    if self.in_flight > 0 {
-                        return;
+                    self.submit_dirs(ring, tag, allow);
+                    if self.in_flight > 0 || !self.dir_backlog.is_empty() {
+                        return false;
                     }
                     self.advance_dir_phase();
                     if self.phase == Phase::Done {
-                        return;
+                        return false;
                     }
-                    self.submit_dirs(ring, tag);
-                    return;
+                    if self.phase == Phase::Files {
+                        // A new pass: read again.
+                        continue;
+                    }
+                    self.queue_dirs();
+                    self.submit_dirs(ring, tag, allow);
+                    return false;
                 }
             }
         }
@@ -213,22 +250,17 @@ impl Cleanup {
         };
     }
 
-    fn submit_dirs(&mut self, ring: &mut Ring, tag: u64) {
+    /// Lists the directories the current phase removes.
+    fn queue_dirs(&mut self) {
+        self.dir_backlog.clear();
         match self.phase {
             Phase::Dirs(depth) => {
-                let targets: Vec<(usize, CString)> = self
+                self.dir_backlog = self
                     .nodes
                     .iter()
                     .filter(|n| n.depth == depth)
-                    .filter_map(|n| n.parent.map(|p| (p, n.name.clone())))
+                    .filter_map(|n| n.parent.map(|p| (Some(p), n.name.clone())))
                     .collect();
-                for (p, name) in targets {
-                    let Some(dirfd) = self.nodes[p].dir.as_ref().and_then(|d| d.fd().ok()) else {
-                        continue;
-                    };
-                    let fd = dirfd.as_raw_fd();
-                    self.push_unlink(ring, tag, fd, name, true);
-                }
             }
             Phase::Root => {
                 // Close every directory first (not required by rmdir, but keeps
@@ -236,16 +268,31 @@ impl Cleanup {
                 for n in &mut self.nodes {
                     n.dir = None;
                 }
-                let fd = self.parent.as_raw_fd();
-                let name = self.root_name.clone();
-                self.push_unlink(ring, tag, fd, name, true);
+                self.dir_backlog.push((None, self.root_name.clone()));
             }
             _ => {}
         }
     }
 
-    fn submit_backlog(&mut self, ring: &mut Ring, tag: u64) {
-        while self.in_flight < MAX_IN_FLIGHT {
+    fn submit_dirs(&mut self, ring: &mut Ring, tag: u64, allow: &mut Allowance) {
+        while allow.allows(self.in_flight) {
+            let Some((parent, name)) = self.dir_backlog.pop() else {
+                return;
+            };
+            let fd = match parent {
+                None => self.parent.as_raw_fd(),
+                Some(p) => match self.nodes[p].dir.as_ref().and_then(|d| d.fd().ok()) {
+                    Some(d) => d.as_raw_fd(),
+                    None => continue,
+                },
+            };
+            allow.spend();
+            self.push_unlink(ring, tag, fd, name, true);
+        }
+    }
+
+    fn submit_backlog(&mut self, ring: &mut Ring, tag: u64, allow: &mut Allowance) {
+        while allow.allows(self.in_flight) {
             let Some((idx, name)) = self.backlog.pop() else {
                 return;
             };
@@ -257,6 +304,7 @@ impl Cleanup {
             else {
                 continue;
             };
+            allow.spend();
             self.push_unlink(ring, tag, fd, name, false);
         }
     }
@@ -329,7 +377,7 @@ impl Cleanup {
         if finished {
             self.nodes[idx].read_done = true;
         }
-        self.backlog.extend(files.into_iter().map(|n| (idx, n)));
+        self.backlog.extend(idx, files);
         for (name, sub) in new_dirs {
             self.nodes.push(Node {
                 dir: Some(sub),
@@ -339,6 +387,60 @@ impl Cleanup {
                 read_done: false,
             });
         }
+    }
+}
+
+/// Names waiting for their unlink, one queue per directory, handed out
+/// round-robin across directories: unlinks in one directory serialize on its
+/// inode lock, so io-wq threads working in different directories go faster
+/// (two `rm -rf` of 10,000 files each in parallel take half the time of one
+/// of 20,000 on ext4 here).
+#[derive(Default)]
+struct Backlog {
+    queues: Vec<Vec<CString>>,
+    /// Directories (node indexes) with names waiting, in turn order.
+    turn: std::collections::VecDeque<usize>,
+    len: usize,
+}
+
+impl Backlog {
+    fn extend(&mut self, node: usize, names: Vec<CString>) {
+        if names.is_empty() {
+            return;
+        }
+        if self.queues.len() <= node {
+            self.queues.resize_with(node + 1, Vec::new);
+        }
+        if self.queues[node].is_empty() {
+            self.turn.push_back(node);
+        }
+        self.len += names.len();
+        self.queues[node].extend(names);
+    }
+
+    fn pop(&mut self) -> Option<(usize, CString)> {
+        let node = self.turn.pop_front()?;
+        let q = &mut self.queues[node];
+        let name = q.pop()?;
+        self.len -= 1;
+        if !q.is_empty() {
+            self.turn.push_back(node);
+        }
+        Some((node, name))
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn clear(&mut self) {
+        self.queues.clear();
+        self.turn.clear();
+        self.len = 0;
     }
 }
 
@@ -396,7 +498,7 @@ mod tests {
             if c.is_done() {
                 break;
             }
-            let again = c.pump(&mut ring, 5);
+            let again = c.pump(&mut ring, 5, &mut Allowance::full());
             if c.is_done() {
                 break;
             }

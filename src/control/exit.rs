@@ -5,6 +5,7 @@
 
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
 
 use ringmux_uring::op::ExitInfo;
 use ringmux_uring::Op;
@@ -14,9 +15,9 @@ use crate::msg::ToWorker;
 use crate::route::{Failure, RouteKey};
 use crate::zygote::{channel, proto::FromChild};
 
-use super::cleanup::Cleanup;
 use super::keys::{Ended, KeyState, Live, Waiting};
-use super::{tag, ActiveCleanup, Control, K_IGNORE, K_UNLINK};
+use super::reclaim::{Discarded, Parent};
+use super::{tag, Control, K_IGNORE};
 
 /// Kills a child and its process group.
 pub(super) fn kill(live: &mut Live, why: ExitCause) {
@@ -144,6 +145,7 @@ impl Control {
     }
 
     pub(super) fn on_exit(&mut self, child_id: u64, exit: Option<ExitInfo>, result: i32) {
+        let exited = Instant::now();
         let Some(key) = self.by_child.remove(&child_id) else {
             return;
         };
@@ -211,6 +213,7 @@ impl Control {
         let end = Ended {
             key,
             child_id,
+            exited,
             post_mortem,
             closers,
             acquirers,
@@ -228,6 +231,7 @@ impl Control {
         let Ended {
             key,
             child_id,
+            exited,
             post_mortem,
             closers,
             acquirers,
@@ -236,7 +240,7 @@ impl Control {
             self.finish_teardown(key, closers, acquirers);
             return;
         }
-        self.start_teardown(key, closers, acquirers);
+        self.start_teardown(key, closers, acquirers, exited);
     }
 
     /// `--keep-failed-dirs`: moves a failed child's directory out of the
@@ -267,78 +271,31 @@ impl Control {
         }
     }
 
+    /// Moves the key's directory into the trash (or, failing that, starts
+    /// deleting it in place), then answers its closers: a close costs one
+    /// rename, whatever the tree's size.
     pub(super) fn start_teardown(
         &mut self,
         key: RouteKey,
         closers: Vec<(usize, u64)>,
         acquirers: Waiting,
+        exited: Instant,
     ) {
         let label = key.label();
-        match Cleanup::start(self.cfg.instance_fd.as_fd(), &label) {
-            Ok(work) => {
-                self.metrics.cleanups_in_flight.fetch_add(1, Relaxed);
-                self.cleanups.insert(ActiveCleanup {
-                    key: Some(key),
-                    work,
-                    stale: None,
-                });
+        match self.discard(Parent::Instance, &label, "k", Some(key)) {
+            Discarded::Gone => {
+                self.metrics
+                    .teardown
+                    .observe(exited.elapsed().as_secs_f64());
+                self.finish_teardown(key, closers, acquirers);
+            }
+            // Deleted in place: the close waits for it (the key's `Teardown`
+            // is its directory lock).
+            Discarded::InPlace => {
                 self.keys
                     .insert(key, KeyState::Teardown { closers, acquirers });
             }
-            Err(e) => {
-                tracing::error!(key = %label, error = %e, "cannot start directory cleanup");
-                self.finish_teardown(key, closers, acquirers);
-            }
         }
-    }
-
-    /// Advances every cleanup; returns true if one has work ready that needs
-    /// no completion first.
-    pub(super) fn pump_cleanups(&mut self) -> bool {
-        let mut finished = Vec::new();
-        let mut busy = false;
-        for (idx, a) in self.cleanups.iter_mut() {
-            busy |= a.work.pump(&mut self.ring, tag(K_UNLINK, idx as u64));
-            if a.work.is_done() {
-                finished.push(idx);
-            }
-        }
-        for idx in finished {
-            let a = self.cleanups.remove(idx);
-            let s = a.work.stats;
-            let took = a.work.elapsed();
-            self.metrics.cleanups_in_flight.fetch_sub(1, Relaxed);
-            self.metrics
-                .cleanup_finished(took, s.files + s.dirs, s.errors > 0);
-            let ms = took.as_secs_f64() * 1000.0;
-            if let Some((name, _lock)) = &a.stale {
-                if s.errors == 0 {
-                    self.metrics.stale_instances_removed.fetch_add(1, Relaxed);
-                    tracing::info!(dir = %name, files = s.files, dirs = s.dirs, ms,
-                        "removed the directory of a dead ringmux instance");
-                } else {
-                    tracing::warn!(dir = %name, errors = s.errors,
-                        "could not fully remove a dead instance's directory");
-                }
-            }
-            let Some(key) = a.key else {
-                continue;
-            };
-            let label = key.label();
-            if s.errors > 0 {
-                tracing::warn!(key = %label, files = s.files, dirs = s.dirs, errors = s.errors,
-                    "directory cleanup finished with errors");
-            } else {
-                tracing::info!(key = %label, files = s.files, dirs = s.dirs, ms, "directory removed");
-            }
-            if let Some(KeyState::Teardown {
-                closers, acquirers, ..
-            }) = self.keys.remove(&key)
-            {
-                self.finish_teardown(key, closers, acquirers);
-            }
-        }
-        busy
     }
 }
 

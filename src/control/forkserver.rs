@@ -27,10 +27,9 @@ use crate::route::RouteKey;
 use crate::zygote::proto::{FromServer, Spawn};
 use crate::zygote::{channel, ENV_FD, ENV_PROTOCOL, ENV_RINGMUX_PID, PROTOCOL_VERSION};
 
-use super::cleanup::Cleanup;
 use super::exit::redact;
 use super::keys::KeyState;
-use super::{tag, ActiveCleanup, Control, K_FS_CHAN, K_FS_WAIT};
+use super::{tag, Control, K_FS_CHAN, K_FS_WAIT};
 
 /// First restart delay after the fork server dies; doubled per failure.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
@@ -623,7 +622,7 @@ impl Control {
                 self.metrics.spawn_failures.fetch_add(1, Relaxed);
                 tracing::error!(key = %key.label(), error = %msg, "could not start child");
                 self.fail(key, acquirers.workers, &ProxyError::SpawnFailed(msg));
-                self.start_teardown(key, closers, Default::default());
+                self.start_teardown(key, closers, Default::default(), std::time::Instant::now());
             }
         }
         true
@@ -649,7 +648,12 @@ impl Control {
                 error
             };
             self.fail(p.key, acquirers.workers, &error);
-            self.start_teardown(p.key, closers, Default::default());
+            self.start_teardown(
+                p.key,
+                closers,
+                Default::default(),
+                std::time::Instant::now(),
+            );
         }
     }
 
@@ -787,18 +791,8 @@ impl Control {
         }
     }
 
+    /// Its directory goes into the trash (or is deleted in place).
     fn remove_fork_server_dir(&mut self) {
-        match Cleanup::start(self.cfg.instance_fd.as_fd(), DIR_NAME) {
-            Ok(work) => {
-                self.metrics.cleanups_in_flight.fetch_add(1, Relaxed);
-                self.cleanups.insert(ActiveCleanup {
-                    key: None,
-                    work,
-                    stale: None,
-                });
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(error = %e, "cannot remove the fork server's directory"),
-        }
+        self.discard(super::reclaim::Parent::Instance, DIR_NAME, "fs", None);
     }
 }

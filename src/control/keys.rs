@@ -51,6 +51,8 @@ impl Waiting {
 pub(super) struct Ended {
     pub key: RouteKey,
     pub child_id: u64,
+    /// When its exit was seen (the close-teardown metric counts from here).
+    pub exited: std::time::Instant,
     /// Keep its directory for a post-mortem (`--keep-failed-dirs`).
     pub post_mortem: bool,
     pub closers: Vec<(usize, u64)>,
@@ -201,6 +203,8 @@ impl Control {
     pub(super) fn begin_shutdown(&mut self, done: mpsc::Sender<()>) {
         tracing::info!(children = self.live, "shutting down: killing every child");
         self.shutdown = Some(done);
+        // Nobody is served any more: the trash goes at full speed.
+        self.pacer.shutdown();
         for state in self.keys.values_mut() {
             if let KeyState::Running { live, .. } = state {
                 if live.killed.is_none() {

@@ -11,17 +11,23 @@
 //! publishing children; `exit` their end, post-mortem and teardown;
 //! `forkserver` the zygote's life and protocol; `sweep` what a dead instance
 //! or a dead fork server left behind, and the cleanup threads' priority;
-//! `drain` a finished child's cgroup until nothing runs in it.
+//! `drain` a finished child's cgroup until nothing runs in it; `trash` where
+//! closed rollouts' directories go at once; `reclaim` their deletion, paced
+//! by `pace` so that it takes only the data plane's spare capacity.
 
 pub mod cleanup;
 mod drain;
 mod exit;
 mod forkserver;
+mod iowq;
 mod keys;
+pub mod pace;
+mod reclaim;
 mod spawn;
 mod sweep;
 #[cfg(test)]
 mod tests;
+mod trash;
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
@@ -38,7 +44,7 @@ use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::msg::{Inbox, Mailbox, ToControl, ToWorker};
 use crate::route::RouteKey;
-use cleanup::{Cleanup, DIR_BIT};
+use cleanup::DIR_BIT;
 use forkserver::ForkServer;
 pub use forkserver::ForkServerConfig;
 use keys::KeyState;
@@ -61,6 +67,8 @@ const K_STATUS: u64 = 9;
 const K_ORPHAN: u64 = 10;
 /// A draining cgroup's `cgroup.events` changed (payload: child id).
 const K_CG_EVENTS: u64 = 11;
+/// The trash's pacing step passed.
+const K_PACE: u64 = 12;
 const PAYLOAD: u64 = (1 << 40) - 1;
 /// Heartbeat period of the control loop (its lateness is a metric; deadlines
 /// of the fork server are checked on it).
@@ -103,15 +111,19 @@ pub struct ControlConfig {
     pub metrics: Arc<Metrics>,
     /// This instance's cgroup (`None`: no cgroups, process-group kills).
     pub cgroups: Option<crate::cgroup::Tree>,
+    /// How the trash is deleted.
+    pub pace: pace::PaceConfig,
 }
 
 struct ActiveCleanup {
     /// The key whose directory this is; `None` for a dead instance's (or the
     /// fork server's) directory.
     key: Option<RouteKey>,
-    work: Cleanup,
+    work: cleanup::Cleanup,
     /// For a dead instance: its directory, locked by us while we delete it.
     stale: Option<(String, OwnedFd)>,
+    /// A trash entry (its removals count in the trash's metrics).
+    trash: bool,
 }
 
 /// The control plane's state.
@@ -144,6 +156,18 @@ pub struct Control {
     tid: i32,
     /// io-wq workers already reniced.
     reniced: Vec<i32>,
+    /// The trash (`None`: it could not be made; directories are deleted in
+    /// place).
+    trash: Option<trash::Trash>,
+    pacer: pace::Pacer,
+    pace_cfg: pace::PaceConfig,
+    /// A pacing-step timer is queued.
+    pace_armed: bool,
+    /// `trash_removed` at the latest whole second (for the drain rate).
+    removed_at_last_second: u64,
+    /// Every CPU this process may run on (the cleanup threads' place while
+    /// nobody is served).
+    all_cpus: Vec<usize>,
 }
 
 impl Control {
@@ -182,7 +206,26 @@ impl Control {
             Maker::Fork(fc) => (None, Some(ForkServer::new(fc, &cfg.instance_dir))),
         };
         let metrics = Arc::clone(&cfg.metrics);
+        let trash = match trash::Trash::open(std::os::fd::AsFd::as_fd(&cfg.instance_fd)) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e,
+                    "cannot make the trash directory; closed rollouts' directories are deleted in place (the close waits for it)");
+                None
+            }
+        };
+        let pace_cfg = cfg.pace;
+        let pacer = pace::Pacer::new(pace_cfg);
+        metrics.trash_pace_rate.store(pacer.rate(), Relaxed);
+        let mode = pace::Mode::ALL.iter().position(|m| *m == pacer.mode());
+        metrics.trash_mode.store(mode.unwrap_or(0) as u64, Relaxed);
         Ok(Control {
+            trash,
+            pacer,
+            pace_cfg,
+            pace_armed: false,
+            removed_at_last_second: 0,
+            all_cpus: crate::config::allowed_cpus(),
             metrics,
             tid: rustix::thread::gettid().as_raw_nonzero().get(),
             reniced: Vec::new(),
@@ -212,6 +255,8 @@ impl Control {
             tracing::error!(error = %e, "control: cannot arm its inbox; exiting");
             return;
         }
+        self.place_cleanup_threads(self.pacer.mode());
+        self.trash_leftovers();
         self.sweep_stale_instances();
         self.sweep_stale_cgroups();
         if self.fork.is_some() {
@@ -267,7 +312,7 @@ impl Control {
                         self.metrics.control_lag_max_us.fetch_max(us, Relaxed);
                         last_tick = now;
                         if !self.cleanups.is_empty() {
-                            self.renice_io_workers();
+                            self.tend_io_workers();
                         }
                         if self.fork.is_some() {
                             self.fork_tick(now);
@@ -275,16 +320,18 @@ impl Control {
                         ticks += 1;
                         if ticks.is_multiple_of(ZOMBIE_SWEEP_TICKS) {
                             self.reap_untracked_zombies();
+                            self.trash_second();
                         }
                         self.check_draining_cgroups();
+                        let requests = self.load().requests;
+                        self.pacer.observe(now, requests);
                         tick_armed = false;
                     }
                     K_UNLINK => {
                         let idx = (payload & !DIR_BIT) as usize;
-                        if let Some(a) = self.cleanups.get_mut(idx) {
-                            a.work.on_complete(c.result, c.tag & DIR_BIT != 0);
-                        }
+                        self.on_unlink(idx, c.result, c.tag & DIR_BIT != 0);
                     }
+                    K_PACE => self.pace_armed = false,
                     K_FS_WAIT => {
                         let exit = match c.data {
                             Returned::Exit(e) if c.result >= 0 => Some(e),
@@ -323,7 +370,7 @@ impl Control {
                 }
             }
             busy = self.pump_cleanups();
-            if let Some(done) = &self.shutdown {
+            if self.shutdown.is_some() {
                 let fork_gone = self.fork.as_ref().is_none_or(ForkServer::is_stopped);
                 if self.keys.is_empty()
                     && self.cleanups.is_empty()
@@ -337,11 +384,14 @@ impl Control {
                                 "could not remove the instance cgroup");
                         }
                     }
+                    self.remove_trash();
                     if let Err(e) = std::fs::remove_dir(&self.cfg.instance_dir) {
                         tracing::warn!(error = %e, dir = %self.cfg.instance_dir.display(),
                             "could not remove instance directory");
                     }
-                    let _ = done.send(());
+                    if let Some(done) = self.shutdown.take() {
+                        let _ = done.send(());
+                    }
                     return;
                 }
             }

@@ -31,7 +31,7 @@ impl Control {
         let dir = self.cfg.instance_dir.join(&label);
         if may_clean && std::fs::symlink_metadata(&dir).is_ok() {
             tracing::warn!(key = %label, "leftover child directory: removing it before the spawn");
-            self.start_teardown(key, Vec::new(), acquirers);
+            self.start_teardown(key, Vec::new(), acquirers, std::time::Instant::now());
             return;
         }
         if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(&dir) {

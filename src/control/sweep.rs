@@ -1,9 +1,8 @@
-//! What others left behind, and the cleanup threads' priority: directories
+//! What others left behind: directories
 //! of dead ringmux instances (found by `flock`, never by age), untracked
 //! child processes of ringmux (a fork server that died between forking a
 //! child and reporting it; zombies nobody reports, or orphans reparented to
-//! ringmux as PID 1), and the renice of the io-wq threads that run cleanup
-//! `UNLINKAT`s.
+//! ringmux as PID 1).
 
 use std::collections::HashSet;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -16,9 +15,6 @@ use crate::child::sys;
 use super::cleanup::Cleanup;
 use super::keys::KeyState;
 use super::{tag, ActiveCleanup, Control, K_ORPHAN};
-
-/// Nice value of the io-wq threads that run cleanup `UNLINKAT`s.
-const CLEANUP_NICE: i32 = 19;
 
 /// Whether `name` is an instance directory name: `ringmux-<pid>-<hex nonce>`.
 pub fn is_instance_dir_name(name: &str) -> bool {
@@ -59,41 +55,6 @@ fn is_zombie(pid: u32) -> bool {
 }
 
 impl Control {
-    /// Puts the io-wq workers of this thread's rings (the threads that run
-    /// `UNLINKAT`, named `iou-wrk-<control tid>`) at the lowest CPU priority, so
-    /// a large cleanup yields to the data plane. io-wq workers are created on
-    /// demand and exit when idle, so this is re-checked while cleanups run.
-    pub(super) fn renice_io_workers(&mut self) {
-        let want = format!("iou-wrk-{}", self.tid);
-        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-            return;
-        };
-        for t in tasks.flatten() {
-            let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
-            if self.reniced.contains(&tid) {
-                continue;
-            }
-            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-            if comm.trim_end() != want {
-                continue;
-            }
-            if let Some(pid) = rustix::process::Pid::from_raw(tid) {
-                match rustix::process::setpriority_process(Some(pid), CLEANUP_NICE) {
-                    Ok(()) => {
-                        tracing::debug!(tid, nice = CLEANUP_NICE, "io-wq worker reniced");
-                        self.reniced.push(tid);
-                    }
-                    Err(e) => tracing::warn!(tid, error = %e, "cannot renice io-wq worker"),
-                }
-            }
-        }
-        if self.reniced.len() > 64 {
-            self.reniced.drain(..32);
-        }
-    }
-
     /// Removes the directories of ringmux instances under the base directory
     /// whose owner is gone. Ownership is the instance directory's `flock`: a
     /// live instance holds it for its whole life, so a lock we can take
@@ -132,6 +93,24 @@ impl Control {
                 tracing::debug!(dir = %name, "instance directory is locked: its owner lives");
                 continue;
             }
+            // Into our trash: one rename, then deleted like any trash entry
+            // (at full speed while nobody is served). Once inside our own
+            // directory it is covered by our lock, so its own can go.
+            let base_fd = self.cfg.base_fd.try_clone();
+            if let (Some(trash), Ok(base_fd)) = (self.trash.as_mut(), base_fd) {
+                match trash.take(base_fd.as_fd(), &name, "stale") {
+                    Ok(Some(tname)) => {
+                        tracing::info!(dir = %base.join(&name).display(),
+                            "moved the directory of a dead ringmux instance into the trash");
+                        self.metrics.stale_instances_removed.fetch_add(1, Relaxed);
+                        self.trash_tree(&tname);
+                        continue;
+                    }
+                    Ok(None) => continue,
+                    Err(e) => tracing::warn!(dir = %name, error = %e,
+                        "cannot move a dead instance's directory into the trash; deleting it in place"),
+                }
+            }
             match Cleanup::start(self.cfg.base_fd.as_fd(), &name) {
                 Ok(work) => {
                     tracing::info!(dir = %base.join(&name).display(),
@@ -141,6 +120,7 @@ impl Control {
                         key: None,
                         work,
                         stale: Some((name, fd)),
+                        trash: false,
                     });
                 }
                 Err(e) => tracing::warn!(dir = %name, error = %e, "cannot clean a dead instance"),

@@ -85,6 +85,7 @@ impl Harness {
             base_fd: open(&base),
             metrics: Arc::new(Metrics::new(1)),
             cgroups: None,
+            pace: crate::control::pace::PaceConfig::default(),
         };
         let (ctl, ctl_in) = mailbox::<ToControl>().expect("mailbox");
         let (w_tx, inbox) = mailbox::<ToWorker>().expect("mailbox");

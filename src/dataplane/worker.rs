@@ -730,6 +730,7 @@ impl Worker {
         let cl = &mut self.clients[r.0];
         cl.keep_alive = head.keep_alive;
         if head.path() == self.close_path {
+            self.metrics.workers[self.id].closes.fetch_add(1, Relaxed);
             cl.phase = Phase::Closing {
                 body: BodyTracker::new(head.body).with_limit(self.limits.max_body),
                 answered: false,
