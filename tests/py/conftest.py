@@ -677,3 +677,18 @@ def dir_entries(path) -> list[str]:
         return sorted(os.listdir(path))
     except FileNotFoundError:
         return []
+
+
+# Where closed rollouts' directories wait for their (paced) deletion.
+TRASH = ".trash"
+
+
+def child_dirs(inst) -> list[str]:
+    """The entries of an instance directory but its trash."""
+    return [n for n in dir_entries(inst) if n != TRASH]
+
+
+def wait_trash_empty(inst, timeout=30.0):
+    """Waits (bounded) until the instance's trash holds nothing."""
+    path = os.path.join(inst, TRASH)
+    wait_until(lambda: dir_entries(path) == [], timeout, what=f"trash {path} to be empty (holds {dir_entries(path)[:5]})")

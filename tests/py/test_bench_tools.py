@@ -706,3 +706,27 @@ def test_warm_breakdown_reads_ringmux_log_lines(tmp_path):
     )
     b = warm.breakdown(str(log), 2)
     assert b == {"n": 2, "ask_to_forked_ms": 3.0, "fork_ms": 1.0, "child_start_to_first_answer_ms": 11.0}
+
+
+@pytest.mark.timeout(240)
+def test_cleanup_stall_bench_runs_end_to_end(tmp_path):
+    """benches/cleanup_stall.py, tiny: one round per mode; every window
+    measured, the tree seen gone, the close-teardown metric read, and the
+    idle comparison with rm -rf made."""
+    out = tmp_path / "stall.json"
+    p = subprocess.run(
+        [str(PY), str(REPO / "benches" / "cleanup_stall.py"), "--rounds", "1", "--files", "600",
+         "--dirs", "3", "--window", "1.5", "--idle-reps", "1", "--base-dir", str(tmp_path), "--json", str(out)],
+        capture_output=True, text=True, timeout=220, cwd=str(REPO),
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    d = json.loads(out.read_text())
+    assert set(d["modes"]) == {"full", "paced"}
+    for mode, res in d["modes"].items():
+        (r,) = res["rounds"]
+        assert sorted(r["order"]) == ["clean", "quiet-a", "quiet-b"], r
+        assert r["gone_s"] is not None and r["gone_s"] > 0, (mode, r)
+        assert r["teardown_ms"] is not None and r["teardown_ms"] > 0, (mode, r)
+        assert r["requests_in_span"] > 0
+        assert len(res["idle"]["ringmux_s"]) == 1 and len(res["idle"]["rm_rf_s"]) == 1
+    assert "| paced |" in p.stdout and "| full |" in p.stdout

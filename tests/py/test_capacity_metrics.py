@@ -24,10 +24,21 @@ EXPECTED_PLAIN = [
     "ringmux_cleanup_duration_seconds_count",
     "ringmux_cleanup_duration_max_seconds",
     "ringmux_control_loop_lag_max_seconds",
+    "ringmux_trash_trees",
+    "ringmux_trash_backlog_entries",
+    "ringmux_trash_removed_entries_total",
+    "ringmux_trash_drain_rate",
+    "ringmux_trash_pace_rate",
+    "ringmux_trash_over_cap_total",
+    "ringmux_close_teardown_seconds_sum",
+    "ringmux_close_teardown_seconds_count",
+    'ringmux_trash_mode{mode="idle"}',
+    'ringmux_trash_mode{mode="paced"}',
 ]
 CAUSES = ["closed", "crashed", "ready_timeout", "shutdown"]
 PER_WORKER = [
     "ringmux_requests_total",
+    "ringmux_close_requests_total",
     "ringmux_proxy_errors_total",
     "ringmux_client_connections",
     "ringmux_worker_loop_lag_max_seconds",
@@ -89,7 +100,13 @@ def test_metrics_follow_activity(ringmux_factory):
 
     r = rm.close_key(keys[0])
     assert (r.status_code, r.text) == (200, "closed")
+    # The close answered once the directory was in the trash; its deletion
+    # follows (paced).
+    wait_until(lambda: rm.metric("ringmux_cleanups_in_flight") == 0
+               and rm.metric("ringmux_cleanup_duration_seconds_count") >= 1, 10.0,
+               what="the closed rollout's directory to be deleted")
     m = rm.metrics()
+    assert m["ringmux_close_teardown_seconds_count"] == 1
     assert m['ringmux_child_exits_total{cause="closed"}'] == 1
     assert m["ringmux_live_children"] == 2
     assert m["ringmux_cleanup_duration_seconds_count"] >= 1

@@ -19,7 +19,8 @@ import httpx
 import pytest
 
 from conftest import (
-    CHILDREN, PY, children_of, dir_entries, pid_alive, procs_with_cwd_under, wait_until,
+    CHILDREN, PY, child_dirs, children_of, pid_alive, procs_with_cwd_under, wait_trash_empty,
+    wait_until,
 )
 from mcp_helpers import mcp_session, tool_json
 
@@ -335,7 +336,8 @@ def test_churn_200_rollouts_10_percent_crashing_leaves_nothing(ringmux_factory):
     zygote = fork_server_pid(rm)
     assert [p for p in children_of(rm.pid) if p != zygote] == []
     assert rm.zombies() == []
-    assert dir_entries(rm.instance_dir) == ["_forkserver"]
+    assert child_dirs(rm.instance_dir) == ["_forkserver"]
+    wait_trash_empty(rm.instance_dir)
     assert [p for p in procs_with_cwd_under(rm.instance_dir) if p != zygote] == []
     wait_until(lambda: rm.fd_count() <= fd0, 5, what=f"fd count back to {fd0} (now {rm.fd_count()})")
     rm.stop()
@@ -474,7 +476,8 @@ def test_sdk_churn_200_rollouts_10_percent_crashing_leaves_nothing(ringmux_facto
     left = [p for p in children_of(rm.pid) if p != zygote and p not in pooled_pids(rm)]
     assert left == [], f"rollout children left: {left}"
     assert rm.zombies() == []
-    assert dir_entries(rm.instance_dir) == ["_forkserver"]
+    assert child_dirs(rm.instance_dir) == ["_forkserver"]
+    wait_trash_empty(rm.instance_dir)
     wait_until(lambda: rm.fd_count() <= fd0, 5, what=f"fd count back to {fd0} (now {rm.fd_count()})")
     rm.stop()
 

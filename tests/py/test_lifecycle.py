@@ -1,6 +1,7 @@
 """Child lifecycle beyond close: crashes, ready timeouts, --keep-failed-dirs,
-the per-directory fork lock, cleanup priority, big shutdowns and stale
-instances left by a SIGKILLed ringmux."""
+cleanup priority, big shutdowns and stale instances left by a SIGKILLed
+ringmux. (A close moves the directory into the trash, so the same key starts
+again at once: test_trash.py.)"""
 
 import os
 import re
@@ -15,6 +16,7 @@ import pytest
 
 from conftest import (
     RAW_CMD,
+    child_dirs,
     count_files,
     dir_entries,
     key_hash_dir,
@@ -278,67 +280,8 @@ def test_keep_failed_dirs_keeps_never_ready_child_dir(ringmux_factory):
 
 
 # --------------------------------------------------------------------------
-# per-directory fork lock and cleanup priority
+# cleanup priority (the trash and its pacing: test_trash.py)
 # --------------------------------------------------------------------------
-@pytest.mark.timeout(120)
-def test_fork_lock_orders_same_key_and_never_delays_other_keys(ringmux_factory):
-    rm = ringmux_factory(cmd=RAW_CMD, args=["--workers", "2", *ADMIN])
-    a = f"lock-a-{uuid.uuid4().hex}"
-    b = f"lock-b-{uuid.uuid4().hex}"
-    pid_a = rm.info(a)["pid"]
-    _mkfiles(rm, a, BIG_N, BIG_DIRS)
-    d = rm.child_dir(a)
-    assert count_files(d) == BIG_N
-    m0 = rm.metrics()
-    assert m0["ringmux_cleanups_in_flight"] == 0
-
-    order = []
-    lock = threading.Lock()
-    results = {}
-
-    def run(name, url):
-        try:
-            with httpx.Client(timeout=LONG) as c:
-                r = c.get(url)
-            results[name] = r
-        except httpx.HTTPError as e:
-            results[name] = e
-        with lock:
-            order.append(name)
-
-    tc = threading.Thread(target=run, args=("close", rm.path_url("/vf/close", a)), daemon=True)
-    tc.start()
-    # wait (bounded) until the deletion is running, then send A and B
-    wait_until(lambda: rm.metric("ringmux_cleanups_in_flight") >= 1, 10.0, interval=0.002,
-               what="the close's cleanup to be in flight")
-    ta = threading.Thread(target=run, args=("A", rm.path_url("/info", a)), daemon=True)
-    tb = threading.Thread(target=run, args=("B", rm.path_url("/info", b)), daemon=True)
-    ta.start()
-    tb.start()
-    for t in (tc, ta, tb):
-        t.join(60)
-    assert sorted(order) == ["A", "B", "close"], (order, results)
-    m = rm.metrics()
-    took = m["ringmux_cleanup_duration_max_seconds"]
-    detail = f"order={order} cleanup_duration_max={took:.3f}s"
-    assert isinstance(results["close"], httpx.Response) and results["close"].text == "closed", results["close"]
-    assert isinstance(results["A"], httpx.Response) and results["A"].status_code == 200, results["A"]
-    assert isinstance(results["B"], httpx.Response) and results["B"].status_code == 200, results["B"]
-    # B (a new key) is not held up by A's cleanup
-    assert order.index("B") < order.index("close"), f"new key B waited for A's cleanup: {detail}"
-    # A waited for the deletion and got a fresh child in an empty directory
-    assert order.index("close") < order.index("A"), f"A answered before its old dir was deleted: {detail}"
-    info_a = results["A"].json()
-    assert info_a["pid"] != pid_a
-    assert info_a["cwd"] == d
-    assert rm.get("/listdir", a).json() == [], "A's new child did not start in an empty directory"
-    assert results["B"].json()["cwd"] == rm.child_dir(b)
-    assert m["ringmux_cleanup_entries_total"] >= BIG_N
-    assert m["ringmux_cleanup_errors_total"] == 0
-    assert took > 0, detail
-    print(detail)
-
-
 @pytest.mark.timeout(120)
 def test_cleanup_io_workers_run_at_nice_19(ringmux_factory):
     rm = ringmux_factory(cmd=RAW_CMD, args=ADMIN)
@@ -406,7 +349,7 @@ def test_sigterm_with_100_children_and_big_dirs(ringmux_factory):
     assert len(rm.child_pids()) == 100
     assert rm.metric("ringmux_live_children") == 100
     inst = rm.instance_dir
-    assert len(dir_entries(inst)) == 100
+    assert len(child_dirs(inst)) == 100
     t0 = time.monotonic()
     assert rm.stop(within=30.0) == 0  # exit 0, children gone, no zombies, dir gone
     assert time.monotonic() - t0 < 30.0
@@ -433,7 +376,7 @@ def test_sigkill_leaves_dir_that_next_instance_sweeps_but_live_ones_are_untouche
     dead_pids = [dead.info(f"dead-{i}")["pid"] for i in range(3)]
     _mkfiles(dead, "dead-0", 2000, 8)
     dead_inst = dead.instance_dir
-    assert os.path.isdir(dead_inst) and len(dir_entries(dead_inst)) == 3
+    assert os.path.isdir(dead_inst) and len(child_dirs(dead_inst)) == 3
 
     dead.proc.send_signal(signal.SIGKILL)
     dead.proc.wait(10)
