@@ -438,6 +438,38 @@ def loadgen(port, path, rate, secs, conns, body=None, mode="full", warmup=0.5, c
     return r
 
 
+class TrashWatch:
+    """Polls ringmux's metrics every 20 ms from `armed_after` s on; stop()
+    returns when (ms from start) its trash was first seen empty with nothing
+    being deleted, or None."""
+
+    def __init__(self, admin, armed_after):
+        self.admin = admin
+        self.t0 = time.perf_counter()
+        self.armed_after = armed_after
+        self.gone = None
+        self.ev = threading.Event()
+        self.th = threading.Thread(target=self.run, daemon=True)
+        self.th.start()
+
+    def run(self):
+        while not self.ev.wait(0.02):
+            now = time.perf_counter() - self.t0
+            if now < self.armed_after + 0.01 or self.gone is not None:
+                continue
+            try:
+                m = ringmux_metrics(self.admin)
+            except OSError:
+                continue
+            if m.get("ringmux_trash_trees", 0) == 0 and m.get("ringmux_cleanups_in_flight", 0) == 0:
+                self.gone = (time.perf_counter() - self.t0) * 1000
+
+    def stop(self):
+        self.ev.set()
+        self.th.join(timeout=5)
+        return self.gone
+
+
 def make_tree(root, files, dirs):
     """Same layout as the demo's write_files: nested d0/d1/.../d{dirs-1}."""
     paths = [root]
@@ -469,6 +501,15 @@ def pct_of(values, q):
     """The probe's percentile rule: the value at index q·n of the sorted list."""
     v = sorted(values)
     return v[min(int(q * len(v)), len(v) - 1)]
+
+
+def boot(xs, reps=4000, seed=1):
+    """Bootstrap 95 % interval of the median of `xs` (resampling rounds)."""
+    import random
+
+    rnd = random.Random(seed)
+    m = sorted(statistics.median(rnd.choices(xs, k=len(xs))) for _ in range(reps))
+    return m[int(0.025 * reps)], m[int(0.975 * reps) - 1]
 
 
 def med(xs):
@@ -503,11 +544,18 @@ def part1(cfg, prog, outdir, workdir):
                 thr0 = proc_status(proc.pid).get("Threads", 0)
                 side_at = 500
                 series = os.path.join(workdir, f"{col}-{run}-cleanup.txt")
+                watch = TrashWatch(proc.admin, side_at / 1000) if proc.admin else None
                 with Sampler(proc.pid) as smp:
                     clean = probe(
                         proc.port, pkey, cfg.p1_rate, cfg.p1_window,
                         side_path=f"/vf/close?{KEY}={victim}", side_at_ms=side_at, series=series,
                     )
+                # ringmux answers the close once the tree is in its trash and
+                # deletes it afterwards: its cleanup lasts until the trash is
+                # empty (polled); the Python original's until its answer.
+                gone_ms = (watch.stop() or cfg.p1_window * 1000) if watch else None
+                if gone_ms is not None:
+                    clean["side_ms"] = max(clean["side_ms"], gone_ms - side_at)
                 rss1 = proc_status(proc.pid).get("VmRSS", 0)
                 clean_gap = loop_gap_s(proc)
                 tree = os.path.join(base, f"rmrf-{run}")
