@@ -124,6 +124,9 @@ pub struct WorkerMetrics {
     pub requests: AtomicU64,
     /// Of those, close requests (`--close-path`).
     pub closes: AtomicU64,
+    /// Requests waiting for a child or being proxied (an SSE stream counts),
+    /// as of the latest 100 ms deadline scan.
+    pub in_progress: AtomicU64,
     /// Error responses ringmux generated itself (4xx/5xx).
     pub proxy_errors: AtomicU64,
     /// Requests refused by the Origin / Host check (403).
@@ -393,10 +396,16 @@ impl Metrics {
         );
         self.render_trash(&mut o);
         type Pick = fn(&WorkerMetrics) -> u64;
-        let per_worker: [(&str, &str, &str, Pick); 13] = [
+        let per_worker: [(&str, &str, &str, Pick); 14] = [
             ("ringmux_requests_total", "counter", "Requests received, per worker.", |w| {
                 w.requests.load(Relaxed)
             }),
+            (
+                "ringmux_requests_in_progress",
+                "gauge",
+                "Requests waiting for a child or being proxied (streams included), per worker, as of the latest 100 ms scan.",
+                |w| w.in_progress.load(Relaxed),
+            ),
             (
                 "ringmux_close_requests_total",
                 "counter",

@@ -7,7 +7,8 @@
 //! be queued:
 //!
 //! * **idle** (no request but closes reached a worker for
-//!   [`PaceConfig::idle_after`]):
+//!   [`PaceConfig::idle_after`], and none is in progress: a long tool call or
+//!   an open stream keeps the workers serving):
 //!   full speed, as many in flight as [`FULL_IN_FLIGHT`];
 //! * **paced** (the workers serve): a token bucket at the current rate, with
 //!   bursts of at most [`BURST`] worth of tokens and few unlinks in flight, so
@@ -149,6 +150,9 @@ pub struct Load {
     /// How many heartbeats the workers have had (all workers), to tell a new
     /// lag reading from one seen before.
     pub beats: u64,
+    /// Requests in progress (waiting for a child or being proxied, streams
+    /// included) at the workers' latest scan.
+    pub in_progress: u64,
 }
 
 /// The pacing state.
@@ -219,9 +223,10 @@ impl Pacer {
             .map_or(Duration::ZERO, |l| now.saturating_duration_since(l));
         self.last = Some(now);
         self.observe(now, load.requests);
-        let serving = self
-            .last_activity
-            .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.idle_after);
+        let serving = load.in_progress > 0
+            || self
+                .last_activity
+                .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.idle_after);
         let over = match self.mode {
             Mode::OverCap => backlog > self.cfg.backlog_max / 2,
             _ => backlog > self.cfg.backlog_max,
@@ -332,6 +337,27 @@ mod tests {
     }
 
     #[test]
+    fn a_request_in_progress_keeps_the_workers_serving() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(PaceConfig::default());
+        p.observe(t0, 5);
+        let load = Load {
+            requests: 5,
+            in_progress: 1,
+            ..Load::default()
+        };
+        // No new request for 10 s, but a tool call still runs: paced.
+        p.update(at(t0, 10_000), load, 10);
+        assert_eq!(p.mode(), Mode::Paced);
+        let done = Load {
+            in_progress: 0,
+            ..load
+        };
+        p.update(at(t0, 10_001), done, 10);
+        assert_eq!(p.mode(), Mode::Idle);
+    }
+
+    #[test]
     fn bursts_are_capped_and_unused_tokens_come_back() {
         let t0 = Instant::now();
         let mut p = Pacer::new(PaceConfig {
@@ -367,7 +393,7 @@ mod tests {
         let mut load = Load {
             requests: 1,
             lag_us: 5000,
-            beats: 0,
+            ..Load::default()
         };
         p.update(t0, load, 0);
         for i in 1..=5 {

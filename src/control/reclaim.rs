@@ -133,6 +133,7 @@ impl Control {
             load.requests += w.requests.load(Relaxed) - w.closes.load(Relaxed);
             load.beats += w.beats.load(Relaxed);
             load.lag_us = load.lag_us.max(w.lag_last_us.load(Relaxed));
+            load.in_progress += w.in_progress.load(Relaxed);
         }
         load
     }

@@ -1416,14 +1416,26 @@ impl Worker {
 
     // ----- deadlines ----------------------------------------------------------
 
-    /// Ends what ran out of a limit (see [`super::guard`]).
+    /// Ends what ran out of a limit (see [`super::guard`]); also counts the
+    /// requests in progress (waiting for a child or being proxied), which
+    /// the cleanup pacing reads: a long tool call keeps the workers "serving"
+    /// even when no new request arrives.
     fn check_deadlines(&mut self) {
         let now = Instant::now();
+        let mut busy = 0u64;
         let expired_clients: Vec<(Ref, Expiry)> = self
             .clients
             .iter()
-            .filter_map(|(i, c)| expired(c, &self.limits, now).map(|e| ((i, c.gen), e)))
+            .filter_map(|(i, c)| {
+                if matches!(c.phase, Phase::Waiting { .. } | Phase::Proxy { .. }) {
+                    busy += 1;
+                }
+                expired(c, &self.limits, now).map(|e| ((i, c.gen), e))
+            })
             .collect();
+        self.metrics.workers[self.id]
+            .in_progress
+            .store(busy, Relaxed);
         for (r, why) in expired_clients {
             self.client_expired(r, why);
         }

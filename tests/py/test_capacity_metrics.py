@@ -39,6 +39,7 @@ CAUSES = ["closed", "crashed", "ready_timeout", "shutdown"]
 PER_WORKER = [
     "ringmux_requests_total",
     "ringmux_close_requests_total",
+    "ringmux_requests_in_progress",
     "ringmux_proxy_errors_total",
     "ringmux_client_connections",
     "ringmux_worker_loop_lag_max_seconds",

@@ -135,6 +135,36 @@ def test_close_answers_before_the_tree_is_deleted_and_the_key_restarts_in_a_fres
 
 
 @pytest.mark.timeout(120)
+def test_a_long_tool_call_keeps_the_deletion_paced(ringmux_factory):
+    rm = ringmux_factory(cmd=RAW_CMD, args=[*ADMIN, *SLOW])
+    a = f"long-a-{uuid.uuid4().hex}"
+    b = f"long-b-{uuid.uuid4().hex}"
+    rm.info(a)
+    rm.info(b)
+    _mkfiles(rm, a, BIG_N, BIG_DIRS)
+    got = {}
+
+    def call():
+        with httpx.Client(timeout=LONG) as c:
+            got["r"] = c.get(rm.path_url("/sleep", b, "ms=3000"))
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    wait_until(lambda: sum(v for k, v in rm.metrics().items() if k.startswith("ringmux_requests_in_progress{")) >= 1,
+               5.0, what="the long call to be seen in progress")
+    assert rm.close_key(a).text == "closed"
+    # No new request arrives, but one is being answered: still serving.
+    wait_until(lambda: rm.metric("ringmux_trash_trees") == 1, 5.0, what="the tree in the trash")
+    assert mode(rm) == "paced"
+    assert len(dir_entries(trash_of(rm))) == 1
+    t.join(30)
+    assert got["r"].status_code == 200 and got["r"].text == "slept"
+    wait_trash_empty(rm.instance_dir, 30.0)
+    assert mode(rm) == "idle"
+    assert rm.stop() == 0
+
+
+@pytest.mark.timeout(120)
 def test_a_backlog_over_its_cap_is_deleted_at_full_speed_and_says_so(ringmux_factory):
     rm = ringmux_factory(cmd=RAW_CMD, args=[*ADMIN, "--cleanup-rate", "100", "--cleanup-floor", "100",
                                             "--cleanup-backlog-max", "1000"])
