@@ -52,7 +52,10 @@ def free_controllers():
         hier, num = v1_hierarchies()[c]
         assert hier != 0 and num == 1, (
             f"cannot hand the {c} controller to cgroup v2 here: its v1 hierarchy has {num} cgroups")
-        subprocess.run(["umount", os.path.join(V1, c)], check=True)
+        um = subprocess.run(["umount", os.path.join(V1, c)], capture_output=True, text=True)
+        assert um.returncode == 0, (
+            f"cannot unmount the v1 {c} hierarchy to hand its controller to cgroup v2: {um.stderr.strip()} "
+            "(something on this machine holds it open; these tests need it free)")
         unmounted.append(c)
     wait_until(lambda: all(c in v2_controllers() for c in FREED), 5,
                what="pids and cpu to appear on cgroup v2")
