@@ -672,6 +672,13 @@ def count_files(path) -> int:
     return n
 
 
+def mkfiles(rm, key, n, dirs):
+    """Has the raw child of `key` write `n` files in `dirs` nested directories."""
+    with rm.client(timeout=httpx.Timeout(60.0, connect=5.0)) as c:
+        r = c.post(rm.path_url("/mkfiles", key, f"n={n}&dirs={dirs}"))
+    assert r.status_code == 200 and r.json()["made"] == n, (r.status_code, r.text[:200])
+
+
 def dir_entries(path) -> list[str]:
     try:
         return sorted(os.listdir(path))

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from conftest import (
+    mkfiles as _mkfiles,
     RAW_CMD,
     child_dirs,
     count_files,
@@ -34,11 +35,6 @@ BIG_N = 20000
 BIG_DIRS = 21
 LONG = httpx.Timeout(60.0, connect=5.0)
 
-
-def _mkfiles(rm, key, n, dirs):
-    with rm.client(timeout=LONG) as c:
-        r = c.post(rm.path_url("/mkfiles", key, f"n={n}&dirs={dirs}"))
-    assert r.status_code == 200 and r.json()["made"] == n, (r.status_code, r.text[:200])
 
 
 
