@@ -206,6 +206,17 @@ pub(crate) fn allowed_cpus() -> Vec<usize> {
     }
 }
 
+/// Confines thread `tid` (`None`: the calling thread) to `cpus`.
+pub(crate) fn set_affinity(tid: Option<i32>, cpus: &[usize]) -> rustix::io::Result<()> {
+    let mut set = rustix::thread::CpuSet::new();
+    for &c in cpus {
+        if c < rustix::thread::CpuSet::MAX_CPU {
+            set.set(c);
+        }
+    }
+    rustix::thread::sched_setaffinity(tid.and_then(rustix::process::Pid::from_raw), &set)
+}
+
 /// Resolves `--worker-cpus`: `all` → no pinning; `auto` → with 3 or more
 /// allowed CPUs, those that are not cleanup CPUs (none left: no pinning);
 /// with fewer, no pinning (a 2-CPU machine keeps both for the data plane,

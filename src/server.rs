@@ -405,13 +405,7 @@ fn pin_worker(id: usize, cpus: Option<&[usize]>) -> bool {
     let Some(cpus) = cpus else {
         return true;
     };
-    let mut set = rustix::thread::CpuSet::new();
-    for &c in cpus {
-        if c < rustix::thread::CpuSet::MAX_CPU {
-            set.set(c);
-        }
-    }
-    match rustix::thread::sched_setaffinity(None, &set) {
+    match crate::config::set_affinity(None, cpus) {
         Ok(()) => {
             tracing::debug!(worker = id, ?cpus, "worker pinned");
             true

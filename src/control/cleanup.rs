@@ -452,13 +452,17 @@ fn open_dir(parent: &OwnedFd, name: &CStr) -> io::Result<Dir> {
 }
 
 fn open_dir_raw(parent: std::os::fd::BorrowedFd<'_>, name: &CStr) -> io::Result<Dir> {
-    let fd = rustix::fs::openat(
+    Ok(Dir::new(open_dir_fd(parent, name)?)?)
+}
+
+/// Opens directory `parent/name` without following a symlink.
+pub(super) fn open_dir_fd(parent: std::os::fd::BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
         parent,
         name,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
-    )?;
-    Ok(Dir::new(fd)?)
+    )?)
 }
 
 #[cfg(test)]

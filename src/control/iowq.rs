@@ -97,13 +97,7 @@ impl Control {
 }
 
 fn set_affinity(tid: i32, cpus: &[usize]) {
-    let mut set = rustix::thread::CpuSet::new();
-    for &c in cpus {
-        if c < rustix::thread::CpuSet::MAX_CPU {
-            set.set(c);
-        }
-    }
-    if let Err(e) = rustix::thread::sched_setaffinity(rustix::process::Pid::from_raw(tid), &set) {
+    if let Err(e) = crate::config::set_affinity(Some(tid), cpus) {
         tracing::debug!(tid, error = %e, "cannot move a cleanup thread");
     }
 }

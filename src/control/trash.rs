@@ -13,11 +13,11 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
+use rustix::fs::{AtFlags, Mode, RenameFlags};
 use rustix::io::Errno;
 
 /// The trash's name inside the instance directory.
-pub const DIR_NAME: &str = ".trash";
+pub const DIR_NAME: &std::ffi::CStr = c".trash";
 
 /// An open trash directory.
 #[derive(Debug)]
@@ -33,12 +33,7 @@ impl Trash {
             Ok(()) | Err(Errno::EXIST) => {}
             Err(e) => return Err(e.into()),
         }
-        let fd = rustix::fs::openat(
-            instance,
-            DIR_NAME,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let fd = super::cleanup::open_dir_fd(instance, DIR_NAME)?;
         Ok(Trash { fd, next: 1 })
     }
 
