@@ -236,6 +236,15 @@ pub struct ServeArgs {
     #[arg(long, conflicts_with = "command")]
     pub demo: bool,
 
+    /// What each child listens on (its fd 3, already listening):
+    /// `unix`, an abstract Unix-domain socket (RINGMUX_CHILD_ADDR=@NAME;
+    /// requests carry `Host: localhost:0`), or `tcp`, 127.0.0.1 on an
+    /// ephemeral port (RINGMUX_CHILD_ADDR=127.0.0.1:PORT, `Host` the same).
+    /// `uvicorn --fd 3` serves either. See README, "The child contract".
+    #[arg(long, value_enum, default_value_t = crate::child::socket::DEFAULT_CHILD_SOCKET,
+          value_name = "unix|tcp")]
+    pub child_socket: crate::child::socket::ChildSocket,
+
     /// Fork mode: start COMMAND once as a warm fork server ("zygote") and
     /// fork a copy-on-write child of it per rollout key instead of exec'ing
     /// COMMAND per key. The fork server gets a private channel on fd 3

@@ -51,6 +51,8 @@ pub struct Config {
     pub worker_cpus: Option<Vec<usize>>,
     /// How the trash is deleted.
     pub pace: crate::control::pace::PaceConfig,
+    /// What children listen on.
+    pub child_socket: crate::child::socket::ChildSocket,
     /// Which Origin / Host headers the listener accepts.
     pub origin: OriginPolicy,
     /// Per-child cgroups.
@@ -162,6 +164,7 @@ impl Config {
                 .then_some((args.fork_server_timeout, args.fork_timeout)),
             admin: args.admin,
             keep_failed_dirs: args.keep_failed_dirs,
+            child_socket: args.child_socket,
             cleanup_workers: args.cleanup_workers,
             cleanup_cpus,
             worker_cpus,

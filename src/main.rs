@@ -77,9 +77,9 @@ fn init_logging() {
 /// A standalone demo child's own listener (`demo-child --listen`), with
 /// TCP_NODELAY like the sockets `serve` hands its children; prints the bound
 /// address so scripts can use port 0.
-fn bind_demo_listener(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+fn bind_demo_listener(addr: std::net::SocketAddr) -> std::io::Result<socket2::Socket> {
     let listener = std::net::TcpListener::bind(addr)?;
     socket2::SockRef::from(&listener).set_tcp_nodelay(true)?;
     println!("demo-child: listening on http://{}", listener.local_addr()?);
-    Ok(listener)
+    Ok(listener.into())
 }

@@ -6,11 +6,12 @@
 //! head parser sees only [`RouteKey`] (a SHA-256), and logs see only its
 //! 16-hex [`RouteKey::label`].
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Instant;
 
 use sha2::{Digest, Sha256};
+
+use crate::child::socket::ChildAddr;
 
 /// Which child a request belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -56,8 +57,9 @@ pub struct ChildInfo {
     /// Unique for the life of the instance (pools are keyed by it).
     pub id: u64,
     /// Its listening address.
-    pub addr: SocketAddr,
-    /// `Host` header value for requests to it (`127.0.0.1:port`).
+    pub addr: ChildAddr,
+    /// `Host` header value for requests to it (`127.0.0.1:port`, or
+    /// [`crate::child::socket::UNIX_HOST`]).
     pub host: String,
     /// When it was spawned.
     pub spawned: Instant,
@@ -68,11 +70,11 @@ pub struct ChildInfo {
 
 impl ChildInfo {
     /// A freshly spawned child.
-    pub fn new(id: u64, addr: SocketAddr) -> ChildInfo {
+    pub fn new(id: u64, addr: ChildAddr) -> ChildInfo {
         ChildInfo {
             id,
+            host: addr.host(),
             addr,
-            host: addr.to_string(),
             spawned: Instant::now(),
             alive: AtomicBool::new(true),
             ready: AtomicBool::new(false),
@@ -130,7 +132,7 @@ mod tests {
 
     #[test]
     fn ready_is_marked_once() {
-        let c = ChildInfo::new(1, "127.0.0.1:1".parse().expect("addr"));
+        let c = ChildInfo::new(1, ChildAddr::Tcp("127.0.0.1:1".parse().expect("addr")));
         assert!(c.mark_ready());
         assert!(!c.mark_ready());
         assert!(c.is_alive());

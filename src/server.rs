@@ -131,6 +131,7 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         metrics: Arc::clone(&metrics),
         cgroups,
         pace: cfg.pace,
+        child_socket: cfg.child_socket,
     };
     let ctl_workers = worker_tx.clone();
     let (ctl_ready_tx, ctl_ready_rx) = mpsc::channel::<Result<(), String>>();
@@ -414,5 +415,21 @@ fn pin_worker(id: usize, cpus: Option<&[usize]>) -> bool {
             tracing::error!(worker = id, ?cpus, error = %e, "cannot pin a worker to --worker-cpus");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The workers do not set TCP_NODELAY per accept (one syscall less per
+    /// connection): Linux copies it from the listener to each accepted socket.
+    #[test]
+    fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        let l = bind_one("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = l.local_addr().expect("local addr");
+        let _c = std::net::TcpStream::connect(addr).expect("connect");
+        let (s, _) = l.accept().expect("accept");
+        assert!(rustix::net::sockopt::tcp_nodelay(&s).expect("getsockopt"));
     }
 }

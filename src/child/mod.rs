@@ -11,8 +11,7 @@ pub mod socket;
 pub mod sys;
 
 use std::ffi::OsString;
-use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -39,14 +38,14 @@ pub enum SpawnError {
 
 /// Creates one child process per rollout.
 pub trait Spawner: Send {
-    /// Starts a child in `dir` serving on `listener` (bound to `addr`), which
-    /// becomes the child's fd 3, inside the cgroup whose `cgroup.procs` is
+    /// Starts a child in `dir` serving on `listener` (a listening socket
+    /// bound to `addr`), which becomes the child's fd 3, inside the cgroup whose `cgroup.procs` is
     /// `cgroup` (if any). Called on the control thread only.
     fn spawn(
         &mut self,
         dir: &Path,
-        listener: &TcpListener,
-        addr: SocketAddr,
+        listener: BorrowedFd<'_>,
+        addr: &socket::ChildAddr,
         cgroup: Option<BorrowedFd<'_>>,
     ) -> Result<Spawned, SpawnError>;
 }
@@ -68,14 +67,14 @@ impl Spawner for ExecSpawner {
     fn spawn(
         &mut self,
         dir: &Path,
-        listener: &TcpListener,
-        addr: SocketAddr,
+        listener: BorrowedFd<'_>,
+        addr: &socket::ChildAddr,
         cgroup: Option<BorrowedFd<'_>>,
     ) -> Result<Spawned, SpawnError> {
         start_process(
             &self.argv,
             dir,
-            listener.as_fd(),
+            listener,
             &[
                 ("LISTEN_FDS", "1".to_string()),
                 ("RINGMUX_CHILD_ADDR", addr.to_string()),

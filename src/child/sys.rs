@@ -5,7 +5,6 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::net::TcpListener;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -93,7 +92,7 @@ pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
 }
 
 /// Takes the listening socket a parent handed over as fd 3 (`LISTEN_FDS=1`).
-pub fn inherited_listener() -> io::Result<TcpListener> {
+pub fn inherited_listener() -> io::Result<socket2::Socket> {
     if std::env::var("LISTEN_FDS").ok().as_deref() != Some("1") {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
@@ -101,7 +100,7 @@ pub fn inherited_listener() -> io::Result<TcpListener> {
         ));
     }
     let fd = inherited_socket(LISTEN_FD)?;
-    Ok(TcpListener::from(fd))
+    Ok(socket2::Socket::from(fd))
 }
 
 /// Whether `pidfd` is a child of this process that has not been reaped

@@ -159,7 +159,7 @@ impl Control {
         };
         self.live = self.live.saturating_sub(1);
         live.child.mark_dead();
-        self.ports.remove(&live.child.addr.port());
+        self.addrs.remove(&live.child.addr);
         // A setup report written just before it exited may not have been
         // read yet: read it now, so a failed hook is logged as such.
         let _ = read_status(key, &mut live, &acquirers.query);

@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -78,7 +77,7 @@ enum State {
 /// One spawn request: queued (the fork server is starting) or sent.
 struct Pending {
     key: RouteKey,
-    addr: SocketAddr,
+    addr: crate::child::socket::ChildAddr,
     dir: PathBuf,
     query: String,
     /// Our end of the child's status socket.
@@ -260,8 +259,8 @@ impl Control {
         key: RouteKey,
         id: u64,
         dir: &Path,
-        listener: TcpListener,
-        addr: SocketAddr,
+        listener: OwnedFd,
+        addr: crate::child::socket::ChildAddr,
         query: &str,
         cgroup: Option<crate::cgroup::ChildCgroup>,
     ) -> Result<(), (ProxyError, Option<crate::cgroup::ChildCgroup>)> {
@@ -298,7 +297,7 @@ impl Control {
             .map_err(|e| format!("opening its directory: {e}"))?;
             let (status, child_status) =
                 channel::pair().map_err(|e| format!("status socketpair: {e}"))?;
-            let mut fds = vec![OwnedFd::from(listener), dirfd, child_status];
+            let mut fds = vec![listener, dirfd, child_status];
             if let Some(cg) = &cgroup {
                 fds.push(
                     cg.dir()
@@ -609,7 +608,7 @@ impl Control {
         let asked_ms = p.asked.elapsed().as_secs_f64() * 1000.0;
         let fork_ms = fork_us.map(|us| us as f64 / 1000.0);
         let cgroup = p.cgroup.take();
-        match self.watch(id, p.addr, pid, pidfd, Some(p.status)) {
+        match self.watch(id, p.addr.clone(), pid, pidfd, Some(p.status)) {
             Ok(mut live) => {
                 live.cgroup = cgroup;
                 tracing::info!(key = %key.label(), pid, child = id, addr = %p.addr, asked_ms,
@@ -618,7 +617,7 @@ impl Control {
             }
             Err(msg) => {
                 self.drop_cgroup(cgroup);
-                self.ports.remove(&p.addr.port());
+                self.addrs.remove(&p.addr);
                 self.metrics.spawn_failures.fetch_add(1, Relaxed);
                 tracing::error!(key = %key.label(), error = %msg, "could not start child");
                 self.fail(key, acquirers.workers, &ProxyError::SpawnFailed(msg));
@@ -636,7 +635,7 @@ impl Control {
             return;
         };
         self.drop_cgroup(p.cgroup.take());
-        self.ports.remove(&p.addr.port());
+        self.addrs.remove(&p.addr);
         self.metrics.spawn_failures.fetch_add(1, Relaxed);
         if let Some(KeyState::Starting {
             closers, acquirers, ..

@@ -113,6 +113,8 @@ pub struct ControlConfig {
     pub cgroups: Option<crate::cgroup::Tree>,
     /// How the trash is deleted.
     pub pace: pace::PaceConfig,
+    /// What children listen on.
+    pub child_socket: crate::child::socket::ChildSocket,
 }
 
 struct ActiveCleanup {
@@ -150,8 +152,8 @@ pub struct Control {
     live: usize,
     shutdown: Option<mpsc::Sender<()>>,
     metrics: Arc<Metrics>,
-    /// Ports of children whose exit has not been processed yet.
-    ports: HashSet<u16>,
+    /// Addresses of children whose exit has not been processed yet.
+    addrs: HashSet<crate::child::socket::ChildAddr>,
     /// This thread's id (names its io-wq workers).
     tid: i32,
     /// io-wq workers already reniced.
@@ -229,7 +231,7 @@ impl Control {
             metrics,
             tid: rustix::thread::gettid().as_raw_nonzero().get(),
             reniced: Vec::new(),
-            ports: HashSet::new(),
+            addrs: HashSet::new(),
             ring,
             inbox,
             workers,

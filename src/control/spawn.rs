@@ -4,7 +4,6 @@
 //! it (WAITID on its pidfd, the ready deadline, a forked child's status
 //! socket) and publishing it to the workers.
 
-use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::sync::atomic::Ordering::Relaxed;
@@ -12,7 +11,7 @@ use std::sync::Arc;
 
 use ringmux_uring::Op;
 
-use crate::child::socket::child_listener;
+use crate::child::socket::{child_listener, ChildAddr};
 use crate::error::ProxyError;
 use crate::metrics::ExitCause;
 use crate::msg::ToWorker;
@@ -38,7 +37,9 @@ impl Control {
             self.spawn_failed(key, acquirers, format!("creating its directory: {e}"));
             return;
         }
-        let (listener, addr) = match self.fresh_listener() {
+        let id = self.next_child_id;
+        self.next_child_id += 1;
+        let (listener, addr) = match self.fresh_listener(id) {
             Ok(l) => l,
             Err(e) => {
                 let _ = std::fs::remove_dir(&dir);
@@ -46,8 +47,6 @@ impl Control {
                 return;
             }
         };
-        let id = self.next_child_id;
-        self.next_child_id += 1;
         let cgroup = match self.cfg.cgroups.as_ref() {
             None => None,
             Some(t) => match t.child(&format!("{label}-{id}")) {
@@ -63,9 +62,17 @@ impl Control {
             self.metrics.live_cgroups.fetch_add(1, Relaxed);
         }
         if self.fork.is_some() {
-            match self.fork_request(key, id, &dir, listener, addr, &acquirers.query, cgroup) {
+            match self.fork_request(
+                key,
+                id,
+                &dir,
+                listener,
+                addr.clone(),
+                &acquirers.query,
+                cgroup,
+            ) {
                 Ok(()) => {
-                    self.ports.insert(addr.port());
+                    self.addrs.insert(addr);
                     self.keys.insert(
                         key,
                         KeyState::Starting {
@@ -90,7 +97,7 @@ impl Control {
         };
         let t0 = std::time::Instant::now();
         let procs = cgroup.as_ref().map(|c| c.procs());
-        let spawned = match spawner.spawn(&dir, &listener, addr, procs) {
+        let spawned = match spawner.spawn(&dir, listener.as_fd(), &addr, procs) {
             Ok(s) => s,
             Err(e) => {
                 let _ = std::fs::remove_dir(&dir);
@@ -102,12 +109,12 @@ impl Control {
         // Our copy of the listening socket closes here: only the child holds
         // it now, so if the child dies, queued connections are reset at once.
         drop(listener);
-        match self.watch(id, addr, spawned.pid, spawned.pidfd, None) {
+        match self.watch(id, addr.clone(), spawned.pid, spawned.pidfd, None) {
             Ok(mut live) => {
                 live.cgroup = cgroup;
                 tracing::info!(key = %label, pid = live.pid, child = id, %addr,
                     spawn_ms = t0.elapsed().as_secs_f64() * 1000.0, "child spawned");
-                self.ports.insert(addr.port());
+                self.addrs.insert(addr);
                 self.started(key, live, Vec::new(), acquirers);
             }
             Err(msg) => {
@@ -142,7 +149,7 @@ impl Control {
     pub(super) fn watch(
         &mut self,
         id: u64,
-        addr: SocketAddr,
+        addr: ChildAddr,
         pid: u32,
         pidfd: OwnedFd,
         status: Option<OwnedFd>,
@@ -250,14 +257,23 @@ impl Control {
         );
     }
 
-    /// A listening socket on a port no known child uses. A child's port is
-    /// free in the kernel the moment it dies, but workers may still connect
-    /// to it until its exit is processed here; never hand such a port to a new
-    /// child, or one rollout's request could reach another rollout's child.
-    fn fresh_listener(&mut self) -> std::io::Result<(TcpListener, SocketAddr)> {
+    /// A listening socket at an address no known child uses. A child's
+    /// port is free in the kernel the moment it dies, but workers may still
+    /// connect to it until its exit is processed here; never hand such a port
+    /// to a new child, or one rollout's request could reach another rollout's
+    /// child. (A Unix socket's name carries the instance and the child id,
+    /// so it is never reused within the instance's life.)
+    fn fresh_listener(&mut self, id: u64) -> std::io::Result<(OwnedFd, ChildAddr)> {
+        let instance = self
+            .cfg
+            .instance_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = format!("{instance}/{id}");
         for _ in 0..16 {
-            let (l, addr) = child_listener()?;
-            if !self.ports.contains(&addr.port()) {
+            let (l, addr) = child_listener(self.cfg.child_socket, &name)?;
+            if !self.addrs.contains(&addr) {
                 return Ok((l, addr));
             }
         }

@@ -3,8 +3,7 @@
 //! WAITID reaping and kills are real): the per-key state machine, the
 //! per-directory fork lock, capacity and shutdown, without HTTP.
 
-use std::net::{SocketAddr, TcpListener};
-use std::os::fd::AsFd;
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,12 +25,12 @@ impl Spawner for FakeSpawner {
     fn spawn(
         &mut self,
         dir: &Path,
-        listener: &TcpListener,
-        _addr: SocketAddr,
+        listener: BorrowedFd<'_>,
+        _addr: &crate::child::socket::ChildAddr,
         cgroup: Option<std::os::fd::BorrowedFd<'_>>,
     ) -> Result<Spawned, SpawnError> {
         let argv = ["sleep".into(), "60".into()];
-        let s = start_process(&argv, dir, listener.as_fd(), &[], cgroup)?;
+        let s = start_process(&argv, dir, listener, &[], cgroup)?;
         self.log
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -86,6 +85,7 @@ impl Harness {
             metrics: Arc::new(Metrics::new(1)),
             cgroups: None,
             pace: crate::control::pace::PaceConfig::default(),
+            child_socket: crate::child::socket::ChildSocket::Tcp,
         };
         let (ctl, ctl_in) = mailbox::<ToControl>().expect("mailbox");
         let (w_tx, inbox) = mailbox::<ToWorker>().expect("mailbox");

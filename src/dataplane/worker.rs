@@ -914,24 +914,16 @@ impl Worker {
     }
 
     fn new_upstream(&mut self, child: &Arc<ChildInfo>) -> std::io::Result<Ref> {
-        let sock = socket2::Socket::new(
-            socket2::Domain::for_address(child.addr),
-            socket2::Type::STREAM.cloexec().nonblocking(),
-            Some(socket2::Protocol::TCP),
-        )?;
-        sock.set_tcp_nodelay(true)?;
-        let fd: OwnedFd = sock.into();
+        let addr = child.addr.sock_addr()?;
+        let fd = child.addr.client_socket()?;
         let raw = fd.as_raw_fd();
         let gen = self.gen();
         let idx = self.ups.insert(Upstream::new(fd, gen, Arc::clone(child)));
         let r = (idx, gen);
-        if let Err(e) = self.ring.push(
-            Op::Connect {
-                fd: raw,
-                addr: child.addr,
-            },
-            tag(K_UCONN, r),
-        ) {
+        if let Err(e) = self
+            .ring
+            .push(Op::Connect { fd: raw, addr }, tag(K_UCONN, r))
+        {
             self.ups.remove(idx);
             return Err(e);
         }

@@ -3,7 +3,6 @@
 //! response. Deliberately simple: blocking I/O on one connection per thread.
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::TcpStream;
 
 use serde_json::Value;
 
@@ -228,7 +227,7 @@ pub(super) fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, u16> {
     Ok(Some((head, consumed)))
 }
 
-impl Conn<TcpStream> {
+impl<S: Read + Write> Conn<S> {
     /// Reads the next request (head and complete body) off the connection.
     pub(super) fn read_request(&mut self) -> io::Result<Incoming> {
         let (head, consumed) = loop {

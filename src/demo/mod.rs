@@ -1,7 +1,7 @@
 //! The built-in demo MCP child.
 //!
 //! `ringmux serve --demo` spawns `ringmux demo-child` once per rollout and hands
-//! it a bound, listening TCP socket; [`serve`] then runs a small but real MCP
+//! it a bound, listening socket (Unix or TCP); [`serve`] then runs a small but real MCP
 //! server (Streamable HTTP transport, plain JSON responses) on it. Its tool state
 //! lives in the process, so every rollout sees only its own state — the point of
 //! the demo.
@@ -31,8 +31,8 @@ mod sse;
 mod tests;
 mod tools;
 
+use socket2::Socket;
 use std::io::{self, ErrorKind};
-use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 use http::*;
@@ -78,7 +78,7 @@ write_files.";
 /// Returns only if `accept` fails in a way that retrying cannot fix (for example the
 /// descriptor is not a listening socket). Transient failures (aborted connections,
 /// descriptor or memory exhaustion) are retried after a short pause.
-pub fn serve(listener: TcpListener) -> io::Result<()> {
+pub fn serve(listener: Socket) -> io::Result<()> {
     loop {
         match listener.accept() {
             Ok((stream, _peer)) => {
@@ -132,11 +132,12 @@ enum Reply {
     Sse { events: u64, interval: Duration },
 }
 
-fn handle_connection(stream: TcpStream) -> io::Result<()> {
+fn handle_connection(stream: Socket) -> io::Result<()> {
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    // Accepted sockets inherit TCP_NODELAY from the listener on Linux; make sure.
-    let _ = stream.set_nodelay(true);
+    // Accepted TCP sockets inherit TCP_NODELAY from the listener on Linux;
+    // make sure (a Unix socket has no such option: the error is ignored).
+    let _ = stream.set_tcp_nodelay(true);
     let mut conn = Conn::new(stream);
     loop {
         let req = match conn.read_request()? {

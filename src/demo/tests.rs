@@ -5,13 +5,13 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use super::*;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Instant;
 
 fn start_server() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("local_addr");
-    std::thread::spawn(move || serve(listener));
+    std::thread::spawn(move || serve(listener.into()));
     addr
 }
 

@@ -8,7 +8,6 @@
 //! server on the socket it was handed.
 
 use std::io;
-use std::net::TcpListener;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::OnceLock;
 
@@ -163,7 +162,7 @@ fn child(
     }
     let _ = channel::send(status.as_fd(), &FromChild::SetupDone.encode(), &[]);
     drop(status);
-    match crate::demo::serve(TcpListener::from(listener)) {
+    match crate::demo::serve(socket2::Socket::from(listener)) {
         Ok(()) => std::process::exit(0),
         Err(e) => {
             eprintln!("ringmux demo-child: {e}");

@@ -411,6 +411,20 @@ class Ringmux:
         with self.client() as c:
             return c.request(method, self.path_url(path, key))
 
+    def child_socket(self) -> str:
+        """The --child-socket this instance runs with (its own flag, else
+        RINGMUX_TEST_ARGS's, else ringmux's default, unix)."""
+        for args in (list(self.args), shlex.split(os.environ.get("RINGMUX_TEST_ARGS", ""))):
+            if "--child-socket" in args:
+                return args[args.index("--child-socket") + 1]
+        return "unix"
+
+    def expected_child_host(self, child_addr: str) -> str:
+        """The Host ringmux forwards to a child at `child_addr`
+        (RINGMUX_CHILD_ADDR): the address itself for TCP, a fixed
+        `localhost:0` for an abstract Unix socket (README, child contract)."""
+        return "localhost:0" if child_addr.startswith("@") else child_addr
+
     def info(self, key: str | None) -> dict:
         r = self.get("/info", key)
         assert r.status_code == 200, f"/info for key {key!r}: {r.status_code} {r.text[:200]}"

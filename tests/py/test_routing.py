@@ -94,6 +94,18 @@ def _headers_seen(rm, key, headers):
     return json.loads(body)["headers"]
 
 
+def assert_child_addr_form(rm, info):
+    """RINGMUX_CHILD_ADDR and fd 3 match the instance's --child-socket."""
+    if rm.child_socket() == "unix":
+        assert info["fd3_family"] == "AF_UNIX", info
+        assert info["child_addr"].startswith("@ringmux-"), info["child_addr"]
+        assert info["child_addr"].rsplit("/", 1)[1].isdigit(), info["child_addr"]
+    else:
+        assert info["fd3_family"] == "AF_INET", info
+        assert info["child_addr"].startswith("127.0.0.1:"), info["child_addr"]
+        assert int(info["child_addr"].rsplit(":", 1)[1]) > 0
+
+
 def test_host_header_rewritten_to_child_address(raw_ringmux):
     rm = raw_ringmux
     key = f"host-{uuid.uuid4().hex}"
@@ -101,9 +113,8 @@ def test_host_header_rewritten_to_child_address(raw_ringmux):
     # A loopback name the client used (a foreign name would be refused: test_origin.py).
     seen = _headers_seen(rm, key, [("Host", "localhost:1234")])
     hosts = [v for k, v in seen if k.lower() == "host"]
-    assert hosts == [info["child_addr"]]
-    assert info["child_addr"].startswith("127.0.0.1:")
-    assert int(info["child_addr"].rsplit(":", 1)[1]) > 0
+    assert hosts == [rm.expected_child_host(info["child_addr"])]
+    assert_child_addr_form(rm, info)
 
 
 def test_hop_by_hop_headers_dropped_end_to_end_kept(raw_ringmux):
@@ -151,7 +162,7 @@ def test_child_process_contract(raw_ringmux):
     assert info["startup_fd_targets"]["0"] == "/dev/null"
     assert info["startup_fd_targets"]["3"].startswith("socket:")
     assert info["listen_fds"] == "1"
-    assert info["child_addr"].startswith("127.0.0.1:")
+    assert_child_addr_form(rm, info)
 
 
 def test_directory_modes_are_private(raw_ringmux):

@@ -19,5 +19,5 @@ pub mod op;
 pub mod ring;
 
 pub use bufring::{BufRef, BufRing};
-pub use op::{Op, Returned, Seg};
+pub use op::{Op, Returned, Seg, SockAddr};
 pub use ring::{Completion, OpId, Ring, RingConfig};

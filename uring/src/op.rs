@@ -7,8 +7,8 @@
 //! completion. Because the resources are heap allocations owned by the table,
 //! their addresses stay valid however the table itself is moved or grown.
 
+pub use socket2::SockAddr;
 use std::ffi::CString;
-use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
@@ -146,8 +146,9 @@ pub enum Op {
     Connect {
         /// The socket.
         fd: RawFd,
-        /// Where to connect.
-        addr: SocketAddr,
+        /// Where to connect: any family (`SockAddr::from(SocketAddr)`, or
+        /// `SockAddr::unix` for a Unix-domain or abstract socket).
+        addr: SockAddr,
     },
     /// `close(2)` of a descriptor the caller gives up: it is the op's from
     /// here (closed by the kernel, or here if the op cannot be queued), so
@@ -247,7 +248,7 @@ pub(crate) enum Parked {
         // Never read: kept alive because the kernel reads it.
         _iov: Box<[libc::iovec]>,
     },
-    Addr(#[allow(dead_code)] Box<SockAddrRaw>),
+    Addr(#[allow(dead_code)] Box<SockAddr>),
     Time(#[allow(dead_code)] Box<Timespec>),
     Wait(Box<libc::siginfo_t>),
     Path(CString),
@@ -255,50 +256,6 @@ pub(crate) enum Parked {
     /// The descriptor of a `Close`: the kernel closes it; only if the op is
     /// never queued is it closed here (never both).
     Close(RawFd),
-}
-
-/// A socket address in the kernel's layout.
-#[repr(C)]
-pub(crate) union SockAddrRaw {
-    pub v4: libc::sockaddr_in,
-    pub v6: libc::sockaddr_in6,
-}
-
-impl SockAddrRaw {
-    /// Converts `addr` and returns it with its length.
-    pub(crate) fn new(addr: &SocketAddr) -> (Box<SockAddrRaw>, libc::socklen_t) {
-        match addr {
-            SocketAddr::V4(a) => {
-                let sin = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as libc::sa_family_t,
-                    sin_port: a.port().to_be(),
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from_ne_bytes(a.ip().octets()),
-                    },
-                    sin_zero: [0; 8],
-                };
-                (
-                    Box::new(SockAddrRaw { v4: sin }),
-                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                )
-            }
-            SocketAddr::V6(a) => {
-                let sin6 = libc::sockaddr_in6 {
-                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                    sin6_port: a.port().to_be(),
-                    sin6_flowinfo: a.flowinfo(),
-                    sin6_addr: libc::in6_addr {
-                        s6_addr: a.ip().octets(),
-                    },
-                    sin6_scope_id: a.scope_id(),
-                };
-                (
-                    Box::new(SockAddrRaw { v6: sin6 }),
-                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-                )
-            }
-        }
-    }
 }
 
 impl Parked {

@@ -12,7 +12,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
 use crate::bufring::BufRing;
-use crate::op::{Op, Parked, Returned, SockAddrRaw};
+use crate::op::{Op, Parked, Returned};
 
 /// Identifies one in-flight op (slab slot plus a generation, so a stale id never
 /// names a newer op that reused the slot).
@@ -367,8 +367,10 @@ fn build(op: Op, id: OpId) -> io::Result<(squeue::Entry, Parked)> {
             (sqe, Parked::Writev { segs, _iov: iov })
         }
         Op::Connect { fd, addr } => {
-            let (raw, len) = SockAddrRaw::new(&addr);
-            let ptr = &*raw as *const SockAddrRaw as *const libc::sockaddr;
+            // Boxed so the address stays put until the completion (the
+            // kernel may read it when the SQE is submitted, after this returns).
+            let raw = Box::new(addr);
+            let (ptr, len) = (raw.as_ptr().cast::<libc::sockaddr>(), raw.len());
             (
                 opcode::Connect::new(types::Fd(fd), ptr, len).build(),
                 Parked::Addr(raw),

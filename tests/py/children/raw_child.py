@@ -59,6 +59,8 @@ from urllib.parse import parse_qs, urlsplit
 STATE = {"value": b""}
 STATE_LOCK = threading.Lock()
 STARTUP_FDS: list = []
+# AF_UNIX or AF_INET: what ringmux handed over as fd 3 (--child-socket).
+FD3_FAMILY = ""
 CONN_COUNTER = [0]
 CONN_LOCK = threading.Lock()
 SSE_LOG: list = []
@@ -197,6 +199,7 @@ class Handler(BaseHTTPRequestHandler):
                     "startup_fd_targets": STARTUP_FD_TARGETS,
                     "listen_fds": os.environ.get("LISTEN_FDS"),
                     "child_addr": os.environ.get("RINGMUX_CHILD_ADDR"),
+                    "fd3_family": FD3_FAMILY,
                     "argv": sys.argv,
                 }
             )
@@ -410,6 +413,8 @@ def main(argv):
     if "--delay-start" in args:
         time.sleep(float(args[args.index("--delay-start") + 1]))
     sock = socket.socket(fileno=3)
+    global FD3_FAMILY
+    FD3_FAMILY = sock.family.name
     server = FdServer(sock)
     server.serve_forever()
 
