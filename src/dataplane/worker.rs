@@ -299,7 +299,8 @@ impl Worker {
 
     fn on_accept(&mut self, c: Completion) {
         if let Returned::Fd(fd) = c.data {
-            let _ = rustix::net::sockopt::set_tcp_nodelay(&fd, true);
+            // No setsockopt here: the accepted socket inherits TCP_NODELAY
+            // from the listener (server::bind_one, and its test).
             let gen = self.gen();
             let idx = self.clients.insert(Client::new(fd, gen, self.now));
             self.metrics.workers[self.id]
