@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""Unix or TCP for the upstream hop: which `--child-socket` is faster, measured.
+
+Starts three `ringmux serve --demo` instances on this machine: `unix-a` and
+`unix-b` (`--child-socket unix`, the A/A control: the same setup twice) and
+`tcp` (`--child-socket tcp`). Each round runs, for every instance in a random
+order and through one warm key (so the same demo child answers):
+
+* one keep-alive connection at 200 req/s (open loop, benches/loadgen.rs):
+  p50 latency;
+* 32 connections at 8,000 req/s: CPU per request of ringmux itself and,
+  separately, of its children (the hop costs on both ends);
+* 32 connections at an offered rate above saturation: throughput.
+
+Per round it takes the ratios `tcp / unix-a` and, as the noise floor,
+`unix-b / unix-a`; it prints the median ratio of the rounds with a bootstrap
+95 % interval for each. A difference is real where the tcp interval does not
+overlap the A/A interval.
+
+Usage: benches/child_socket.py [--rounds 9] [--secs 3] [--json FILE]
+(needs `cargo build --release --bin ringmux --examples`). Loopback only; every
+loop is bounded in count and time.
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+
+METRICS = ("p50_us", "sat_rps", "proxy_cpu_us", "child_cpu_us")
+FIXED_RATE = 8000
+
+
+class Tree:
+    """cpu_of shim for harness.loadgen: ringmux and all its descendants."""
+
+    def __init__(self, proc):
+        self.proc = proc
+
+    def cpu_pids(self):
+        kids = {}
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    data = f.read()
+            except OSError:
+                continue
+            ppid = int(data[data.rindex(")") + 2 :].split()[1])
+            kids.setdefault(ppid, []).append(int(d))
+        out, todo = [], [self.proc.pid]
+        while todo and len(out) < 10_000:
+            p = todo.pop()
+            out.append(p)
+            todo += kids.get(p, [])
+        return out
+
+
+def measure(proc, path, secs):
+    one = h.loadgen(proc.port, path, 200, secs, 1, body=h.SMALL_BODY)
+    kids = [p for p in Tree(proc).cpu_pids() if p != proc.pid]
+    p0, k0 = h.cpu_seconds([proc.pid]), h.cpu_seconds(kids)
+    fixed = h.loadgen(proc.port, path, FIXED_RATE, secs, 32, body=h.SMALL_BODY)
+    n = fixed["completed"] + fixed.get("warmup_sent", 0)
+    p1, k1 = h.cpu_seconds([proc.pid]), h.cpu_seconds(kids)
+    sat = h.loadgen(proc.port, path, 200_000, secs, 32, body=h.SMALL_BODY)
+    errors = one["errors"] + fixed["errors"] + sat["errors"]
+    if errors or not n:
+        raise RuntimeError(f"{errors} errors, {n} requests in the fixed-rate window")
+    return {"p50_us": one["p50_us"], "sat_rps": sat["achieved_rps"],
+            "proxy_cpu_us": (p1 - p0) * 1e6 / n, "child_cpu_us": (k1 - k0) * 1e6 / n}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--secs", type=float, default=3.0)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    if not (1 <= a.rounds <= 100 and 0.5 <= a.secs <= 60):
+        sys.exit("--rounds must be 1..100 and --secs 0.5..60")
+    work = tempfile.mkdtemp(prefix="ringmux-childsock-")
+    procs = {}
+    try:
+        for name, kind in (("unix-a", "unix"), ("unix-b", "unix"), ("tcp", "tcp")):
+            base = os.path.join(work, name)
+            os.mkdir(base)
+            procs[name] = h.start_ringmux(base, extra=("--child-socket", kind))
+        key = "childsock-bench"
+        path = f"/mcp?{h.KEY}={key}"
+        for p in procs.values():
+            for _ in range(3):
+                h.call(p.port, key, "echo", {"text": "warm"})
+        rows = {n: [] for n in procs}
+        rnd = random.Random(7)
+        for r in range(a.rounds):
+            order = list(procs)
+            rnd.shuffle(order)
+            for n in order:
+                rows[n].append(measure(procs[n], path, a.secs))
+            print(f"round {r + 1}/{a.rounds}: " + ", ".join(
+                f"{n} p50 {rows[n][-1]['p50_us']:.0f} µs, {rows[n][-1]['sat_rps']:.0f}/s, "
+                f"CPU {rows[n][-1]['proxy_cpu_us']:.1f} + {rows[n][-1]['child_cpu_us']:.1f} µs" for n in procs), flush=True)
+    finally:
+        for p in procs.values():
+            p.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    out = {"rounds": a.rounds, "secs": a.secs, "raw": rows, "ratios": {}}
+    print(f"\nmedian of {a.rounds} rounds (ratio to unix-a, bootstrap 95 % interval)")
+    print(f"{'metric':<16} {'unix-a':>10} {'tcp/unix-a':>24} {'A/A unix-b/unix-a':>24}")
+    for m in METRICS:
+        base = [x[m] for x in rows["unix-a"]]
+        res = {}
+        for n in ("tcp", "unix-b"):
+            ratios = [x[m] / b for x, b in zip(rows[n], base)]
+            lo, hi = h.boot(ratios)
+            res[n] = {"median": h.med(ratios), "ci95": [lo, hi]}
+        out["ratios"][m] = res
+        cell = lambda r: f"{r['median']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]"  # noqa: E731
+        print(f"{m:<16} {h.med(base):>10.1f} {cell(res['tcp']):>24} {cell(res['unix-b']):>24}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
