@@ -22,4 +22,5 @@ mod msg;
 pub use ringmux_http::origin;
 mod route;
 pub mod server;
+mod tag;
 pub mod zygote;

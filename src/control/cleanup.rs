@@ -444,7 +444,8 @@ impl Backlog {
     }
 }
 
-/// Tag bit marking a directory removal (so completions can be told apart).
+/// Payload bit (see `crate::tag`) marking a directory removal, above any
+/// cleanup index, so completions can be told apart.
 pub const DIR_BIT: u64 = 1 << 40;
 
 fn open_dir(parent: &OwnedFd, name: &CStr) -> io::Result<Dir> {

@@ -44,13 +44,13 @@ use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::msg::{Inbox, Mailbox, ToControl, ToWorker};
 use crate::route::RouteKey;
+use crate::tag::{tag, untag};
 use cleanup::DIR_BIT;
 use forkserver::ForkServer;
 pub use forkserver::ForkServerConfig;
 use keys::KeyState;
 pub use sweep::is_instance_dir_name;
 
-const KIND_SHIFT: u32 = 56;
 const K_INBOX: u64 = 1;
 const K_WAIT: u64 = 2;
 const K_READY: u64 = 3;
@@ -69,16 +69,11 @@ const K_ORPHAN: u64 = 10;
 const K_CG_EVENTS: u64 = 11;
 /// The trash's pacing step passed.
 const K_PACE: u64 = 12;
-const PAYLOAD: u64 = (1 << 40) - 1;
 /// Heartbeat period of the control loop (its lateness is a metric; deadlines
 /// of the fork server are checked on it).
 const TICK: Duration = Duration::from_millis(10);
 /// Heartbeats between two sweeps for untracked zombie children (1 s).
 const ZOMBIE_SWEEP_TICKS: u64 = 100;
-
-fn tag(kind: u64, payload: u64) -> u64 {
-    (kind << KIND_SHIFT) | (payload & PAYLOAD)
-}
 
 /// How children are made.
 pub enum Maker {
@@ -285,8 +280,7 @@ impl Control {
             }
             self.ring.reap(&mut comps);
             for c in comps.drain(..) {
-                let kind = c.tag >> KIND_SHIFT;
-                let payload = c.tag & PAYLOAD;
+                let (kind, payload) = untag(c.tag);
                 match kind {
                     K_INBOX => {
                         self.drain_inbox();

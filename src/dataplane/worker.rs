@@ -63,15 +63,14 @@ const REARM_FREE: usize = 16;
 /// child never closes one under a request we are sending.
 const POOL_IDLE_MAX: Duration = Duration::from_secs(2);
 
+/// The tag of an operation of `kind` on connection `r` ([`crate::tag`]).
 fn tag(kind: u64, r: Ref) -> u64 {
-    (kind << 56) | (u64::from(r.1 & 0xff_ffff) << 32) | (r.0 as u64 & 0xffff_ffff)
+    crate::tag::tag(kind, crate::tag::slot_payload(r.0, r.1))
 }
 
 fn untag(t: u64) -> (u64, Ref) {
-    (
-        t >> 56,
-        ((t & 0xffff_ffff) as usize, ((t >> 32) & 0xff_ffff) as u32),
-    )
+    let (kind, payload) = crate::tag::untag(t);
+    (kind, crate::tag::payload_slot(payload))
 }
 
 /// What a worker needs to start.
