@@ -1,10 +1,97 @@
 //! The one place where failures become what a client sees: every error the
 //! proxy answers with is a [`ProxyError`], and [`ProxyError::response`] maps it
-//! to a status code and a short plain-text body. The variant records which
-//! side failed (client, child, or ringmux itself).
+//! to a status code and a short plain-text body. Each variant records which
+//! side failed ([`ProxyError::side`]: client, child, fork server or ringmux
+//! itself); an I/O failure on the hop to the child also records the operation
+//! and the errno behind it ([`ChildIo`]).
+
+use std::fmt;
 
 use crate::http::{simple_response, HttpError};
 use crate::origin::Refusal;
+
+/// Which side of a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailedSide {
+    /// The client: what it sent, or how slowly.
+    Client,
+    /// The child: its process or its socket.
+    Child,
+    /// The warm fork server (`--fork`).
+    ForkServer,
+    /// ringmux itself: capacity, shutdown, spawning.
+    Ringmux,
+}
+
+impl FailedSide {
+    /// For logs and metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailedSide::Client => "client",
+            FailedSide::Child => "child",
+            FailedSide::ForkServer => "fork-server",
+            FailedSide::Ringmux => "ringmux",
+        }
+    }
+}
+
+/// What ringmux was doing on a connection to a child when it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildOp {
+    /// Making the socket.
+    Socket,
+    /// Connecting to the child's listening socket.
+    Connect,
+    /// Sending the request.
+    Send,
+    /// Receiving the response.
+    Receive,
+}
+
+/// An I/O failure on the hop to the child: the operation, and the errno the
+/// kernel returned (`None`: the operation could not even be queued for a
+/// reason that has none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildIo {
+    /// The operation.
+    pub op: ChildOp,
+    /// The errno, positive (`ECONNREFUSED` is 111).
+    pub errno: Option<i32>,
+}
+
+impl ChildIo {
+    /// `op` failed with `errno` (positive; a negative completion result is
+    /// negated).
+    pub fn new(op: ChildOp, errno: i32) -> ChildIo {
+        ChildIo {
+            op,
+            errno: Some(errno.abs()),
+        }
+    }
+
+    /// `op` failed with `e`.
+    pub fn from_io(op: ChildOp, e: &std::io::Error) -> ChildIo {
+        ChildIo {
+            op,
+            errno: e.raw_os_error(),
+        }
+    }
+}
+
+impl fmt::Display for ChildIo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let op = match self.op {
+            ChildOp::Socket => "socket",
+            ChildOp::Connect => "connect",
+            ChildOp::Send => "send",
+            ChildOp::Receive => "receive",
+        };
+        match self.errno {
+            Some(e) => write!(f, "{op}: {}", std::io::Error::from_raw_os_error(e)),
+            None => write!(f, "{op} could not be queued"),
+        }
+    }
+}
 
 /// Why a request did not get its child's answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,9 +110,10 @@ pub enum ProxyError {
     /// Child side: it did not start its response within `--response-timeout`.
     #[error("child did not answer within the response timeout")]
     ResponseTimeout,
-    /// Child side: connecting to it, or sending the request, failed.
-    #[error("child unreachable")]
-    ChildUnreachable,
+    /// Child side: making a socket to it, connecting, or sending the
+    /// request failed (which, and the errno).
+    #[error("child unreachable ({0})")]
+    ChildUnreachable(ChildIo),
     /// Child side: it closed the connection before a complete response head.
     #[error("child closed the connection before responding")]
     ChildClosed,
@@ -64,7 +152,7 @@ impl ProxyError {
             ProxyError::BadRequest(e) => e.status(),
             ProxyError::Forbidden(_) => 403,
             ProxyError::RequestTimeout => 408,
-            ProxyError::ChildUnreachable
+            ProxyError::ChildUnreachable(_)
             | ProxyError::ChildClosed
             | ProxyError::BadResponse(_)
             | ProxyError::SpawnFailed(_)
@@ -75,6 +163,26 @@ impl ProxyError {
             ProxyError::AtCapacity
             | ProxyError::ShuttingDown
             | ProxyError::ForkServerUnavailable(_) => 503,
+        }
+    }
+
+    /// Which side failed.
+    pub fn side(&self) -> FailedSide {
+        match self {
+            ProxyError::BadRequest(_) | ProxyError::Forbidden(_) | ProxyError::RequestTimeout => {
+                FailedSide::Client
+            }
+            ProxyError::ResponseTimeout
+            | ProxyError::ChildUnreachable(_)
+            | ProxyError::ChildClosed
+            | ProxyError::BadResponse(_)
+            | ProxyError::ReadyTimeout => FailedSide::Child,
+            ProxyError::ForkServerUnavailable(_)
+            | ProxyError::ForkFailed(_)
+            | ProxyError::ForkServerTimeout => FailedSide::ForkServer,
+            ProxyError::SpawnFailed(_) | ProxyError::AtCapacity | ProxyError::ShuttingDown => {
+                FailedSide::Ringmux
+            }
         }
     }
 
@@ -97,7 +205,27 @@ mod tests {
 
     #[test]
     fn statuses() {
-        assert_eq!(ProxyError::ChildUnreachable.status(), 502);
+        let refused = ProxyError::ChildUnreachable(ChildIo::new(ChildOp::Connect, -111));
+        assert_eq!(refused.status(), 502);
+        assert_eq!(refused.side(), FailedSide::Child);
+        let body = String::from_utf8(refused.response(false)).expect("utf8");
+        assert!(
+            body.ends_with(
+                "ringmux: child unreachable (connect: Connection refused (os error 111))\n"
+            ),
+            "{body}"
+        );
+        let queued = ChildIo {
+            op: ChildOp::Send,
+            errno: None,
+        };
+        assert_eq!(queued.to_string(), "send could not be queued");
+        assert_eq!(
+            ProxyError::Forbidden(Refusal::Origin).side(),
+            FailedSide::Client
+        );
+        assert_eq!(ProxyError::ForkServerTimeout.side(), FailedSide::ForkServer);
+        assert_eq!(ProxyError::AtCapacity.side(), FailedSide::Ringmux);
         assert_eq!(ProxyError::ReadyTimeout.status(), 504);
         assert_eq!(ProxyError::AtCapacity.status(), 503);
         assert_eq!(ProxyError::ForkFailed("x".into()).status(), 502);

@@ -41,6 +41,8 @@ pub struct SendQ {
     /// The last `writev` was short (the peer is not keeping up): queued bytes
     /// are copied out of ring buffers before the next send.
     pub slow: bool,
+    /// When the `writev` in flight was submitted (`None`: none in flight).
+    pub started: Option<Instant>,
 }
 
 impl SendQ {
@@ -124,8 +126,6 @@ pub struct Client {
     pub head_started: Option<Instant>,
     /// Requests whose heads were read on this connection.
     pub served: u32,
-    /// When the `writev` in flight was submitted (`None`: none in flight).
-    pub send_started: Option<Instant>,
 }
 
 impl Client {
@@ -147,7 +147,6 @@ impl Client {
             last_recv: now,
             head_started: None,
             served: 0,
-            send_started: None,
         }
     }
 }

@@ -67,7 +67,7 @@ pub fn expired(cl: &Client, limits: &ClientLimits, now: Instant) -> Option<Expir
     let since = |t: Instant| now.saturating_duration_since(t);
     // First: a connection on its way out still must not hold its last
     // response forever when the client stopped reading it.
-    if cl.send_started.is_some_and(|t| since(t) > limits.send) {
+    if cl.out.started.is_some_and(|t| since(t) > limits.send) {
         return Some(Expiry::Send);
     }
     if cl.close_after_flush {
@@ -158,7 +158,7 @@ mod tests {
             body: BodyTracker::new(BodyKind::None),
             answered: true,
         };
-        c.send_started = Some(t0);
+        c.out.started = Some(t0);
         assert_eq!(expired(&c, &l, t0 + 59 * S), None);
         assert_eq!(expired(&c, &l, t0 + 61 * S), Some(Expiry::Send));
         // Also when the connection is to close after that send.

@@ -1,6 +1,7 @@
 """Children that fail, time out, and clients that send garbage."""
 
 import http.client
+import os
 import socket
 import threading
 import time
@@ -136,4 +137,29 @@ def test_garbage_does_not_disturb_other_clients(garbage_ringmux):
         t.join(20)
         stuck.close()
     assert bad_codes and set(bad_codes) == {400}
+    assert rm.alive()
+
+
+def test_refused_connect_is_a_502_that_names_the_operation_and_errno(ringmux_factory):
+    """A child that closed its listening socket refuses connections: the
+    client gets a 502 saying which operation failed and why (the errno), and
+    the log says the same at 3 a.m. without the rollout key."""
+    rm = ringmux_factory(cmd=RAW_CMD + ["--close-listener"], args=["--ready-timeout", "30s"])
+    key = f"refused-{uuid.uuid4().hex}"
+    # The first request may reach the backlog before the child closes it
+    # (then the child "closed the connection"); once fd 3 is gone, connects
+    # are refused.
+    first = rm.get("/info", key)
+    assert first.status_code == 502, (first.status_code, first.text)
+    pids = rm.child_pids()
+    assert len(pids) == 1, pids
+    wait_until(lambda: not os.path.exists(f"/proc/{pids[0]}/fd/3"), 10.0, what="the child closed fd 3")
+    r = rm.get("/info", key)
+    assert r.status_code == 502, (r.status_code, r.text)
+    assert r.text == "ringmux: child unreachable (connect: Connection refused (os error 111))\n", r.text
+    wait_until(lambda: "connect: Connection refused" in rm.stderr_text(), 5.0, what="the 502 logged")
+    log = rm.stderr_text()
+    assert "side=\"child\"" in log or "side=child" in log, log[-2000:]
+    assert key not in log
+    assert rm.get("/info", None).status_code in (200, 502)  # the instance goes on serving
     assert rm.alive()

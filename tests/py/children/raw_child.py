@@ -41,6 +41,7 @@ Modes (argv):
   --delay-start SECONDS   sleep before accepting (ready-timeout tests)
   --exit-now              exit(3) at once without accepting (failing-child tests)
   --never-accept          sleep forever without accepting
+  --close-listener        close fd 3 at once, then sleep forever (connects are refused)
   --spawn-log PATH        append one line "<pid>\n" at every start (before any mode)
   --touch NAME            create the file NAME (one byte) in cwd at start (before any mode)
 """
@@ -407,7 +408,9 @@ def main(argv):
             f.write(b"x")
     if "--exit-now" in args:
         sys.exit(3)
-    if "--never-accept" in args:
+    if "--close-listener" in args:
+        os.close(3)
+    if "--never-accept" in args or "--close-listener" in args:
         while True:
             time.sleep(3600)
     if "--delay-start" in args:
