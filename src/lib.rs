@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 mod admin;
+pub mod alloc_count;
 mod cgroup;
 pub mod child;
 pub mod cli;

@@ -10,6 +10,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use ringmux::cli::{Cli, Command};
+
+/// Counts heap allocations per thread (the worker allocation metric).
+#[global_allocator]
+static ALLOC: ringmux::alloc_count::Counting = ringmux::alloc_count::Counting;
 use ringmux::{child, demo, server, zygote};
 
 fn main() -> ExitCode {

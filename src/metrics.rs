@@ -153,6 +153,9 @@ pub struct WorkerMetrics {
     pub lag_last_us: AtomicU64,
     /// Heartbeats so far.
     pub beats: AtomicU64,
+    /// Heap allocations made on the worker's thread so far, as of its
+    /// latest heartbeat (0 where the counting allocator is not installed).
+    pub allocations: AtomicU64,
 }
 
 impl WorkerMetrics {
@@ -396,7 +399,13 @@ impl Metrics {
         );
         self.render_trash(&mut o);
         type Pick = fn(&WorkerMetrics) -> u64;
-        let per_worker: [(&str, &str, &str, Pick); 14] = [
+        let per_worker: [(&str, &str, &str, Pick); 15] = [
+            (
+                "ringmux_worker_allocations_total",
+                "counter",
+                "Heap allocations (and reallocations) on the worker's thread, as of its latest 10 ms heartbeat.",
+                |w| w.allocations.load(Relaxed),
+            ),
             ("ringmux_requests_total", "counter", "Requests received, per worker.", |w| {
                 w.requests.load(Relaxed)
             }),

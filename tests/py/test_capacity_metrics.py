@@ -44,6 +44,7 @@ PER_WORKER = [
     "ringmux_client_connections",
     "ringmux_worker_loop_lag_max_seconds",
     "ringmux_worker_loop_lag_recent_max_seconds",
+    "ringmux_worker_allocations_total",
 ]
 
 

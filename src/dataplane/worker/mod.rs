@@ -274,7 +274,10 @@ impl Worker {
             K_TICK => {
                 let now = Instant::now();
                 let late = now.saturating_duration_since(self.last_tick + TICK);
-                self.metrics.workers[self.id].record_lag(late);
+                let m = &self.metrics.workers[self.id];
+                m.record_lag(late);
+                m.allocations
+                    .store(crate::alloc_count::this_thread(), Relaxed);
                 self.last_tick = now;
                 self.ticks += 1;
                 if self.ticks.is_multiple_of(50) {
