@@ -39,7 +39,7 @@ fn is_proxy_field(name: &str) -> bool {
 
 /// The lowercased options listed by every `Connection` header of a message
 /// (comma-separated, whitespace-trimmed, empty elements skipped).
-pub fn connection_tokens(headers: &[(String, Vec<u8>)]) -> Vec<String> {
+pub fn connection_tokens(headers: &crate::Headers) -> Vec<String> {
     super::list_elements(headers, "connection")
         .map(|t| String::from_utf8_lossy(t).to_ascii_lowercase())
         .collect()
@@ -49,10 +49,8 @@ pub fn connection_tokens(headers: &[(String, Vec<u8>)]) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn hs(list: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
-        list.iter()
-            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-            .collect()
+    fn hs(list: &[(&str, &str)]) -> crate::Headers {
+        crate::Headers::from_pairs(list)
     }
 
     #[test]

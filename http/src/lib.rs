@@ -15,6 +15,7 @@
 
 pub mod accumulate;
 pub mod body;
+pub mod fields;
 pub mod hop;
 pub mod origin;
 pub mod query;
@@ -24,6 +25,7 @@ pub mod response;
 pub use accumulate::HeadAcc;
 #[allow(unused_imports)]
 pub use body::BodyTracker;
+pub use fields::Headers;
 pub use hop::{connection_tokens, is_hop_by_hop};
 #[allow(unused_imports)]
 pub use query::query_param;
@@ -130,11 +132,11 @@ pub(crate) fn start_line(buf: &[u8]) -> &[u8] {
 }
 
 /// Case-insensitive lookup of the first header called `name`.
-pub(crate) fn find_header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+pub(crate) fn find_header<'a>(headers: &'a Headers, name: &str) -> Option<&'a [u8]> {
     headers
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_slice())
+        .map(|(_, v)| v)
 }
 
 /// Trims optional whitespace (SP / HTAB) from both ends.
@@ -151,7 +153,7 @@ pub(crate) fn trim_ows(mut s: &[u8]) -> &[u8] {
 /// Iterates the non-empty, OWS-trimmed elements of a comma-separated list
 /// spread over every header called `name`.
 pub(crate) fn list_elements<'a>(
-    headers: &'a [(String, Vec<u8>)],
+    headers: &'a Headers,
     name: &'a str,
 ) -> impl Iterator<Item = &'a [u8]> + 'a {
     headers
@@ -177,9 +179,9 @@ pub(crate) fn check_field(name: &str, value: &[u8]) -> Result<(), HttpError> {
 /// Parses all Content-Length values of a message. `Ok(None)` when absent;
 /// every element (across repeated headers and comma lists) must be the same
 /// non-negative decimal number that fits in a `u64`.
-pub(crate) fn content_length(headers: &[(String, Vec<u8>)]) -> Result<Option<u64>, HttpError> {
+pub(crate) fn content_length(headers: &Headers) -> Result<Option<u64>, HttpError> {
     let mut found: Option<u64> = None;
-    for (name, value) in headers {
+    for (name, value) in headers.iter() {
         if !name.eq_ignore_ascii_case("content-length") {
             continue;
         }
@@ -219,7 +221,7 @@ pub(crate) enum TransferCoding {
     Other,
 }
 
-pub(crate) fn transfer_coding(headers: &[(String, Vec<u8>)]) -> TransferCoding {
+pub(crate) fn transfer_coding(headers: &Headers) -> TransferCoding {
     if !headers
         .iter()
         .any(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"))
@@ -234,12 +236,12 @@ pub(crate) fn transfer_coding(headers: &[(String, Vec<u8>)]) -> TransferCoding {
 }
 
 /// Whether a `Connection` header of the message lists `token`.
-pub(crate) fn connection_has(headers: &[(String, Vec<u8>)], token: &str) -> bool {
+pub(crate) fn connection_has(headers: &Headers, token: &str) -> bool {
     list_elements(headers, "connection").any(|e| e.eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Persistence per RFC 9112 §9.3 for a message of version 1.`minor`.
-pub(crate) fn persistent(headers: &[(String, Vec<u8>)], version_minor: u8) -> bool {
+pub(crate) fn persistent(headers: &Headers, version_minor: u8) -> bool {
     if connection_has(headers, "close") {
         false
     } else if version_minor >= 1 {
@@ -247,18 +249,6 @@ pub(crate) fn persistent(headers: &[(String, Vec<u8>)], version_minor: u8) -> bo
     } else {
         connection_has(headers, "keep-alive")
     }
-}
-
-/// Copies httparse headers into owned storage, validating each one.
-pub(crate) fn own_headers(
-    raw: &[httparse::Header<'_>],
-) -> Result<Vec<(String, Vec<u8>)>, HttpError> {
-    let mut headers = Vec::with_capacity(raw.len());
-    for h in raw {
-        check_field(h.name, h.value)?;
-        headers.push((h.name.to_owned(), h.value.to_vec()));
-    }
-    Ok(headers)
 }
 
 /// Appends `name: value\r\n`.
@@ -302,10 +292,8 @@ pub(crate) fn push_framing(out: &mut Vec<u8>, body: BodyKind) {
 mod tests {
     use super::*;
 
-    fn hs(list: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
-        list.iter()
-            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-            .collect()
+    fn hs(list: &[(&str, &str)]) -> crate::Headers {
+        crate::Headers::from_pairs(list)
     }
 
     #[test]

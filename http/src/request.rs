@@ -4,8 +4,8 @@
 //! re-emitted by us).
 
 use super::{
-    connection_tokens, content_length, is_hop_by_hop, list_elements, map_httparse, own_headers,
-    persistent, push_framing, push_header, query, start_line, transfer_coding, BodyKind, HttpError,
+    connection_tokens, content_length, is_hop_by_hop, list_elements, map_httparse, persistent,
+    push_framing, push_header, query, start_line, transfer_coding, BodyKind, Headers, HttpError,
     Parsed, TransferCoding, MAX_HEAD, MAX_HEADERS,
 };
 
@@ -18,7 +18,7 @@ pub struct RequestHead {
     /// 0 or 1.
     pub version_minor: u8,
     /// Names as received (original case), values raw bytes, in order.
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Headers,
     pub body: BodyKind,
     /// Whether the client connection may carry another request afterwards.
     pub keep_alive: bool,
@@ -57,7 +57,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<RequestHead>, HttpError> {
         Some(v @ (0 | 1)) => v,
         _ => return Err(HttpError::UnsupportedVersion),
     };
-    let headers = own_headers(req.headers)?;
+    let headers = Headers::from_httparse(req.headers)?;
 
     let hosts = headers
         .iter()
@@ -146,7 +146,7 @@ impl RequestHead {
         if let Some((authority, _)) = split_absolute(&self.target) {
             seen.host = Some(authority.as_bytes());
         }
-        for (name, value) in &self.headers {
+        for (name, value) in self.headers.iter() {
             if name.eq_ignore_ascii_case("host") {
                 seen.host.get_or_insert(value);
             } else if name.eq_ignore_ascii_case("origin") {
@@ -195,7 +195,7 @@ impl RequestHead {
             push_header(out, b"Host", host.as_bytes());
             host_written = true;
         }
-        for (name, value) in &self.headers {
+        for (name, value) in self.headers.iter() {
             if name.eq_ignore_ascii_case("host") {
                 if !host_written {
                     push_header(out, b"Host", host.as_bytes());
@@ -287,7 +287,7 @@ mod tests {
         assert_eq!(head.header("mcp-session-id"), Some(&b"s-1"[..]));
         assert_eq!(head.header("MCP-SESSION-ID"), Some(&b"s-1"[..]));
         assert_eq!(head.header("missing"), None);
-        assert_eq!(head.headers[0].0, "Host");
+        assert_eq!(head.headers.get(0).map(|h| h.0), Some("Host"));
         assert_eq!(head.headers.len(), 6);
     }
 
@@ -617,7 +617,7 @@ mod tests {
             method: "GET".into(),
             target: target.into(),
             version_minor: 1,
-            headers: Vec::new(),
+            headers: Headers::default(),
             body: BodyKind::None,
             keep_alive: true,
             expect_continue: false,

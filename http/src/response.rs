@@ -4,9 +4,9 @@
 //! complete responses the proxy generates itself ([`simple_response`]).
 
 use super::{
-    connection_tokens, content_length, find_header, is_hop_by_hop, map_httparse, own_headers,
-    persistent, push_framing, push_header, push_u64, start_line, transfer_coding, BodyKind,
-    HttpError, Parsed, TransferCoding, MAX_HEAD, MAX_HEADERS,
+    connection_tokens, content_length, find_header, is_hop_by_hop, map_httparse, persistent,
+    push_framing, push_header, push_u64, start_line, transfer_coding, BodyKind, Headers, HttpError,
+    Parsed, TransferCoding, MAX_HEAD, MAX_HEADERS,
 };
 
 /// A parsed response head.
@@ -17,7 +17,7 @@ pub struct ResponseHead {
     pub reason: String,
     pub version_minor: u8,
     /// Names as received (original case), values raw bytes, in order.
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Headers,
     pub body: BodyKind,
     /// Whether the UPSTREAM connection may be reused after this response.
     pub keep_alive: bool,
@@ -52,7 +52,7 @@ pub fn parse_response(
         _ => return Err(HttpError::Malformed("invalid status code")),
     };
     let reason = res.reason.unwrap_or("").to_owned();
-    let headers = own_headers(res.headers)?;
+    let headers = Headers::from_httparse(res.headers)?;
 
     let length = content_length(&headers)?;
     let mut keep_alive = persistent(&headers, version_minor);
@@ -131,7 +131,7 @@ impl ResponseHead {
         let informational = self.is_informational();
         let mut keep_length = self.body == BodyKind::None && !informational && self.status != 204;
         let tokens = connection_tokens(&self.headers);
-        for (name, value) in &self.headers {
+        for (name, value) in self.headers.iter() {
             if name.eq_ignore_ascii_case("content-length") {
                 if keep_length {
                     push_header(out, name.as_bytes(), value);
