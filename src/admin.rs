@@ -64,7 +64,7 @@ fn answer(mut s: TcpStream, metrics: &Metrics, policy: &OriginPolicy) -> std::io
         let body = format!("ringmux: forbidden: {why}\n");
         return s.write_all(&simple_response(403, &body, &[], true));
     }
-    let resp = match (head.method.as_str(), head.path()) {
+    let resp = match (head.method(), head.path()) {
         ("GET", "/metrics") => {
             let body = metrics.render();
             let mut r = format!(

@@ -48,8 +48,8 @@ fuzz_target!(|data: &[u8]| {
         head.write_upstream("127.0.0.1:1", &mut out);
         match parse_request(&out) {
             Ok(Parsed::Complete { head: again, .. }) => {
-                assert_eq!(again.method, head.method);
-                assert_eq!(again.target, head.target);
+                assert_eq!(again.method(), head.method());
+                assert_eq!(again.target(), head.target());
                 assert_eq!(again.body, head.body);
             }
             Err(HttpError::TooManyHeaders) => {

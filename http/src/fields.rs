@@ -13,7 +13,13 @@ struct Field {
     value: (u32, u32),
 }
 
-/// The header fields of one head.
+/// Where a piece of start-line text (method, target, reason) lies in the
+/// buffer of [`Headers`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Text(u32, u32);
+
+/// The header fields of one head (and the start line's text pieces, which
+/// share the buffer).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Headers {
     buf: Vec<u8>,
@@ -21,19 +27,38 @@ pub struct Headers {
 }
 
 impl Headers {
-    /// Copies what `httparse` found, validating each field (no CR, LF or
-    /// NUL; a name).
-    pub(crate) fn from_httparse(raw: &[httparse::Header<'_>]) -> Result<Headers, HttpError> {
+    /// Empties `self` for another head, keeping its capacity.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.fields.clear();
+    }
+
+    /// Copies what `httparse` found into `self` (cleared first), validating
+    /// each field (no CR, LF or NUL; a name).
+    pub(crate) fn fill(&mut self, raw: &[httparse::Header<'_>]) -> Result<(), HttpError> {
+        self.clear();
         let bytes = raw.iter().map(|h| h.name.len() + h.value.len()).sum();
-        let mut out = Headers {
-            buf: Vec::with_capacity(bytes),
-            fields: Vec::with_capacity(raw.len()),
-        };
+        self.buf.reserve(bytes);
+        self.fields.reserve(raw.len());
         for h in raw {
             check_field(h.name, h.value)?;
-            out.push(h.name, h.value);
+            self.push(h.name, h.value);
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// Stores `s` (a start-line piece) beside the fields.
+    pub(crate) fn push_text(&mut self, s: &str) -> Text {
+        let start = self.buf.len() as u32;
+        self.buf.extend_from_slice(s.as_bytes());
+        Text(start, self.buf.len() as u32)
+    }
+
+    /// A piece stored by [`Headers::push_text`].
+    pub(crate) fn text(&self, t: Text) -> &str {
+        let b = self.buf.get(t.0 as usize..t.1 as usize).unwrap_or_default();
+        // Pushed from `&str`, so this never falls back.
+        std::str::from_utf8(b).unwrap_or_default()
     }
 
     /// Fields from `(name, value)` pairs, unvalidated (tests, and heads the
@@ -99,6 +124,10 @@ mod tests {
             ("host", &b""[..]),
         ]);
         assert_eq!(h.len(), 3);
+        let mut h = h;
+        let t = h.push_text("GET");
+        assert_eq!(h.text(t), "GET");
+        assert_eq!(h.len(), 3, "text is not a field");
         let all: Vec<_> = h.iter().collect();
         assert_eq!(
             all,

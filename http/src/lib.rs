@@ -30,9 +30,11 @@ pub use hop::{connection_tokens, is_hop_by_hop};
 #[allow(unused_imports)]
 pub use query::query_param;
 #[allow(unused_imports)]
-pub use request::{parse_request, RequestHead};
+pub use request::{parse_request, parse_request_into, RequestHead};
 #[allow(unused_imports)]
-pub use response::{parse_response, reason_phrase, simple_response, ResponseHead};
+pub use response::{
+    parse_response, parse_response_into, reason_phrase, simple_response, ResponseHead,
+};
 
 /// Largest head (request or status line plus header section) we accept.
 pub const MAX_HEAD: usize = 64 * 1024;

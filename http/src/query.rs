@@ -8,8 +8,9 @@
 use std::borrow::Cow;
 
 /// The decoded value of the FIRST field called `name` (compared after
-/// decoding) in `query` (the text after `?`, without a fragment).
-pub fn query_param(query: &str, name: &str) -> Option<String> {
+/// decoding) in `query` (the text after `?`, without a fragment); borrowed
+/// from `query` when it needs no decoding (no allocation).
+pub fn query_param<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
     for field in query.split('&') {
         if field.is_empty() {
             continue;
@@ -19,7 +20,7 @@ pub fn query_param(query: &str, name: &str) -> Option<String> {
             None => (field, ""),
         };
         if decode(raw_name) == name {
-            return Some(decode(raw_value).into_owned());
+            return Some(decode(raw_value));
         }
     }
     None

@@ -8,13 +8,15 @@ use super::{
     push_framing, push_header, query, start_line, transfer_coding, BodyKind, Headers, HttpError,
     Parsed, TransferCoding, MAX_HEAD, MAX_HEADERS,
 };
+use crate::fields::Text;
 
 /// A parsed request head.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
-    pub method: String,
-    /// The raw request-target as received, e.g. `/mcp?vf_state_secret=abc`.
-    pub target: String,
+    /// The method ([`RequestHead::method`]).
+    method: Text,
+    /// The raw request-target as received ([`RequestHead::target`]).
+    target: Text,
     /// 0 or 1.
     pub version_minor: u8,
     /// Names as received (original case), values raw bytes, in order.
@@ -32,6 +34,16 @@ pub struct RequestHead {
 /// bytes; [`HttpError::HeadTooLarge`] once more than that has arrived without
 /// the head completing. Only the first `MAX_HEAD` bytes are ever scanned.
 pub fn parse_request(buf: &[u8]) -> Result<Parsed<RequestHead>, HttpError> {
+    parse_request_into(buf, &mut Headers::default())
+}
+
+/// [`parse_request`] storing the head in `store` (its capacity reused: a
+/// complete head takes it, leaving an empty one behind; see
+/// [`RequestHead::into_store`] for giving it back).
+pub fn parse_request_into(
+    buf: &[u8],
+    store: &mut Headers,
+) -> Result<Parsed<RequestHead>, HttpError> {
     let window = &buf[..buf.len().min(MAX_HEAD)];
     let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut raw);
@@ -57,7 +69,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<RequestHead>, HttpError> {
         Some(v @ (0 | 1)) => v,
         _ => return Err(HttpError::UnsupportedVersion),
     };
-    let headers = Headers::from_httparse(req.headers)?;
+    store.fill(req.headers)?;
+    let method = store.push_text(method);
+    let target = store.push_text(target);
+    let headers = std::mem::take(store);
 
     let hosts = headers
         .iter()
@@ -94,8 +109,8 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<RequestHead>, HttpError> {
 
     Ok(Parsed::Complete {
         head: RequestHead {
-            method: method.to_owned(),
-            target: target.to_owned(),
+            method,
+            target,
             version_minor,
             headers,
             body,
@@ -107,11 +122,44 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<RequestHead>, HttpError> {
 }
 
 impl RequestHead {
+    /// The method, e.g. `POST`.
+    pub fn method(&self) -> &str {
+        self.headers.text(self.method)
+    }
+
+    /// The raw request-target as received, e.g. `/mcp?vf_state_secret=abc`.
+    pub fn target(&self) -> &str {
+        self.headers.text(self.target)
+    }
+
+    /// The storage of this head, for the next [`parse_request_into`].
+    pub fn into_store(self) -> Headers {
+        self.headers
+    }
+
+    /// A head with just a request line and no fields (tests of the target
+    /// forms).
+    #[cfg(test)]
+    fn with_line(method: &str, target: &str) -> RequestHead {
+        let mut headers = Headers::default();
+        let method = headers.push_text(method);
+        let target = headers.push_text(target);
+        RequestHead {
+            method,
+            target,
+            version_minor: 1,
+            headers,
+            body: BodyKind::None,
+            keep_alive: true,
+            expect_continue: false,
+        }
+    }
+
     /// The path component of the target: up to `?` (or `#`). For an
     /// absolute-form target (`http://host/p?q`) the scheme and authority are
     /// skipped.
     pub fn path(&self) -> &str {
-        let t = strip_scheme_authority(&self.target);
+        let t = strip_scheme_authority(self.target());
         let end = t.find(['?', '#']).unwrap_or(t.len());
         match &t[..end] {
             "" => "/",
@@ -121,14 +169,14 @@ impl RequestHead {
 
     /// The query string: after the first `?`, before any `#`.
     pub fn query(&self) -> Option<&str> {
-        let t = self.target.as_str();
+        let t = self.target();
         let q = &t[t.find('?')? + 1..];
         Some(q.find('#').map_or(q, |end| &q[..end]))
     }
 
     /// First value of query parameter `name`, percent-decoded (`+` is a
     /// space); `Some("")` for an empty value.
-    pub fn query_param(&self, name: &str) -> Option<String> {
+    pub fn query_param(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
         query::query_param(self.query()?, name)
     }
 
@@ -143,7 +191,7 @@ impl RequestHead {
         let mut seen = crate::origin::Seen::default();
         // An absolute-form target's authority takes precedence over Host
         // (RFC 9112, 3.2.2): check the name the request really addresses.
-        if let Some((authority, _)) = split_absolute(&self.target) {
+        if let Some((authority, _)) = split_absolute(self.target()) {
             seen.host = Some(authority.as_bytes());
         }
         for (name, value) in self.headers.iter() {
@@ -160,7 +208,7 @@ impl RequestHead {
     }
 
     pub fn is_head(&self) -> bool {
-        self.method == "HEAD"
+        self.method() == "HEAD"
     }
 
     /// Serializes the head for the upstream (always HTTP/1.1) onto `out`:
@@ -170,8 +218,9 @@ impl RequestHead {
     /// place (or first if absent), and framing re-emitted by us
     /// (`Content-Length: N` or `Transfer-Encoding: chunked`).
     pub fn write_upstream(&self, host: &str, out: &mut Vec<u8>) {
-        let estimate = self.method.len()
-            + self.target.len()
+        let (method, target) = (self.method(), self.target());
+        let estimate = method.len()
+            + target.len()
             + 64
             + host.len()
             + self
@@ -180,9 +229,9 @@ impl RequestHead {
                 .map(|(n, v)| n.len() + v.len() + 4)
                 .sum::<usize>();
         out.reserve(estimate);
-        out.extend_from_slice(self.method.as_bytes());
+        out.extend_from_slice(method.as_bytes());
         out.push(b' ');
-        out.extend_from_slice(self.target.as_bytes());
+        out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
 
         let tokens = connection_tokens(&self.headers);
@@ -274,8 +323,8 @@ mod tests {
     fn basic_post() {
         let (head, len) = complete(POST);
         assert_eq!(&POST[len..], b"hello");
-        assert_eq!(head.method, "POST");
-        assert_eq!(head.target, "/mcp?vf_state_secret=abc");
+        assert_eq!(head.method(), "POST");
+        assert_eq!(head.target(), "/mcp?vf_state_secret=abc");
         assert_eq!(head.path(), "/mcp");
         assert_eq!(head.query(), Some("vf_state_secret=abc"));
         assert_eq!(head.query_param("vf_state_secret").as_deref(), Some("abc"));
@@ -302,14 +351,14 @@ mod tests {
         assert_eq!(first.body, BodyKind::Length(5));
         let rest = &buf[len1 + 5..];
         let (second, len2) = complete(rest);
-        assert_eq!(second.method, "GET");
+        assert_eq!(second.method(), "GET");
         assert_eq!(second.body, BodyKind::None);
         assert_eq!(
             len2,
             b"GET /mcp HTTP/1.1\r\nHost: h\r\nAccept: text/event-stream\r\n\r\n".len()
         );
         let (third, len3) = complete(&rest[len2..]);
-        assert_eq!(third.method, "DELETE");
+        assert_eq!(third.method(), "DELETE");
         assert_eq!(len3, rest.len() - len2);
     }
 
@@ -325,7 +374,7 @@ mod tests {
         assert!(tracker.is_done());
         assert_eq!(body_len, b"2;x=y\r\n{}\r\n0\r\nX-T: 1\r\n\r\n".len());
         let (second, len2) = complete(&buf[len + body_len..]);
-        assert_eq!(second.method, "GET");
+        assert_eq!(second.method(), "GET");
         assert_eq!(len + body_len + len2, buf.len());
     }
 
@@ -613,15 +662,7 @@ mod tests {
 
     #[test]
     fn query_and_path_forms() {
-        let mk = |target: &str| RequestHead {
-            method: "GET".into(),
-            target: target.into(),
-            version_minor: 1,
-            headers: Headers::default(),
-            body: BodyKind::None,
-            keep_alive: true,
-            expect_continue: false,
-        };
+        let mk = |target: &str| RequestHead::with_line("GET", target);
         let h = mk("/mcp?a=1&vf_state_secret=x%2By+z&vf_state_secret=second");
         assert_eq!(h.path(), "/mcp");
         assert_eq!(h.query_param("vf_state_secret").as_deref(), Some("x+y z"));
@@ -644,7 +685,7 @@ mod tests {
     fn leading_empty_lines_counted() {
         let buf = b"\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n";
         let (head, len) = complete(buf);
-        assert_eq!(head.method, "GET");
+        assert_eq!(head.method(), "GET");
         assert_eq!(len, buf.len());
     }
 }

@@ -8,13 +8,14 @@ use super::{
     push_framing, push_header, push_u64, start_line, transfer_coding, BodyKind, Headers, HttpError,
     Parsed, TransferCoding, MAX_HEAD, MAX_HEADERS,
 };
+use crate::fields::Text;
 
 /// A parsed response head.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseHead {
     pub status: u16,
-    /// As received (empty if absent or not valid UTF-8).
-    pub reason: String,
+    /// As received ([`ResponseHead::reason`]).
+    reason: Text,
     pub version_minor: u8,
     /// Names as received (original case), values raw bytes, in order.
     pub headers: Headers,
@@ -30,6 +31,16 @@ pub struct ResponseHead {
 pub fn parse_response(
     buf: &[u8],
     request_was_head: bool,
+) -> Result<Parsed<ResponseHead>, HttpError> {
+    parse_response_into(buf, request_was_head, &mut Headers::default())
+}
+
+/// [`parse_response`] storing the head in `store` (as
+/// [`parse_request_into`](super::request::parse_request_into)).
+pub fn parse_response_into(
+    buf: &[u8],
+    request_was_head: bool,
+    store: &mut Headers,
 ) -> Result<Parsed<ResponseHead>, HttpError> {
     let window = &buf[..buf.len().min(MAX_HEAD)];
     let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -51,8 +62,9 @@ pub fn parse_response(
         Some(code @ 100..=999) => code,
         _ => return Err(HttpError::Malformed("invalid status code")),
     };
-    let reason = res.reason.unwrap_or("").to_owned();
-    let headers = Headers::from_httparse(res.headers)?;
+    store.fill(res.headers)?;
+    let reason = store.push_text(res.reason.unwrap_or(""));
+    let headers = std::mem::take(store);
 
     let length = content_length(&headers)?;
     let mut keep_alive = persistent(&headers, version_minor);
@@ -92,6 +104,16 @@ pub fn parse_response(
 }
 
 impl ResponseHead {
+    /// The reason phrase as received (empty if absent or not valid UTF-8).
+    pub fn reason(&self) -> &str {
+        self.headers.text(self.reason)
+    }
+
+    /// The storage of this head, for the next [`parse_response_into`].
+    pub fn into_store(self) -> Headers {
+        self.headers
+    }
+
     /// 1xx: the caller forwards it and parses the next head.
     pub fn is_informational(&self) -> bool {
         (100..200).contains(&self.status)
@@ -115,7 +137,7 @@ impl ResponseHead {
     /// message's framing); 1xx and 204 never carry one.
     pub fn write_downstream(&self, client_keep_alive: bool, out: &mut Vec<u8>) {
         let estimate = 64
-            + self.reason.len()
+            + self.reason().len()
             + self
                 .headers
                 .iter()
@@ -125,7 +147,7 @@ impl ResponseHead {
         out.extend_from_slice(b"HTTP/1.1 ");
         push_u64(out, u64::from(self.status));
         out.push(b' ');
-        out.extend_from_slice(self.reason.as_bytes());
+        out.extend_from_slice(self.reason().as_bytes());
         out.extend_from_slice(b"\r\n");
 
         let informational = self.is_informational();
@@ -276,7 +298,7 @@ mod tests {
         let (head, len) = complete(SSE, false);
         assert_eq!(&SSE[len..], b"5\r\nhello\r\n");
         assert_eq!(head.status, 200);
-        assert_eq!(head.reason, "OK");
+        assert_eq!(head.reason(), "OK");
         assert_eq!(head.body, BodyKind::Chunked);
         assert!(head.keep_alive);
         assert_eq!(head.header("Mcp-Session-Id"), Some(&b"abc"[..]));
@@ -472,10 +494,10 @@ mod tests {
             b"HTTP/1.1 404 Nope Not Here\r\nContent-Length: 0\r\n\r\n",
             false,
         );
-        assert_eq!(h.reason, "Nope Not Here");
+        assert_eq!(h.reason(), "Nope Not Here");
         assert!(down(&h, true).starts_with("HTTP/1.1 404 Nope Not Here\r\n"));
         let (h, _) = complete(b"HTTP/1.1 200 \r\nContent-Length: 0\r\n\r\n", false);
-        assert_eq!(h.reason, "");
+        assert_eq!(h.reason(), "");
         assert!(down(&h, true).starts_with("HTTP/1.1 200 \r\n"));
     }
 

@@ -43,6 +43,9 @@ pub struct SendQ {
     pub slow: bool,
     /// When the `writev` in flight was submitted (`None`: none in flight).
     pub started: Option<Instant>,
+    /// An empty queue with capacity, swapped in when `q` goes to the
+    /// kernel (no allocation per send).
+    pub spare: Vec<Seg>,
 }
 
 impl SendQ {

@@ -12,6 +12,7 @@
 //! response heads, which are rewritten, are copied.
 
 mod conn;
+mod freelist;
 mod guard;
 mod worker;
 

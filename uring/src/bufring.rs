@@ -6,7 +6,9 @@
 //! to another socket straight from it, with no userspace copy — and dropping the
 //! last `BufRef` for a buffer hands it back to the kernel. `BufRef` is
 //! reference-counted so one received buffer can be split (head part, body part)
-//! and the pieces sent at different times.
+//! and the pieces sent at different times. The count of a ring buffer's views
+//! lives in the ring's own table (one counter per buffer), so taking,
+//! splitting and dropping views allocates nothing.
 
 use std::cell::Cell;
 use std::io;
@@ -32,6 +34,8 @@ pub(crate) struct Shared {
     tail: Cell<u16>,
     /// Buffers currently owned by userspace (handed out and not yet returned).
     out: Cell<usize>,
+    /// Live [`BufRef`] views of each buffer (0: the kernel owns it).
+    views: Box<[Cell<u32>]>,
 }
 
 /// A registered ring of provided buffers. Create with [`crate::Ring::register_buf_ring`].
@@ -63,6 +67,7 @@ impl BufRing {
             owner,
             tail: Cell::new(0),
             out: Cell::new(usize::from(count)),
+            views: (0..count).map(|_| Cell::new(0)).collect(),
         };
         let ring = BufRing {
             shared: Rc::new(shared),
@@ -112,12 +117,13 @@ impl BufRing {
             return None;
         }
         self.shared.out.set(self.shared.out.get() + 1);
+        self.shared.views[usize::from(bid)].set(1);
         Some(BufRef {
-            inner: Rc::new(Backing::Ring(Taken {
+            inner: Backing::Ring {
                 ring: Rc::clone(&self.shared),
                 bid,
                 len,
-            })),
+            },
             start: 0,
             end: len,
         })
@@ -181,49 +187,77 @@ fn map_private(len: usize) -> io::Result<*mut u8> {
     Ok(p as *mut u8)
 }
 
-/// What a [`BufRef`] views: a ring buffer lent by the kernel, or a heap copy.
+/// What a [`BufRef`] views: a ring buffer lent by the kernel (its views
+/// counted in `ring.views[bid]`), or a heap copy.
 enum Backing {
-    Ring(Taken),
-    Heap(Box<[u8]>),
-}
-
-struct Taken {
-    ring: Rc<Shared>,
-    bid: u16,
-    len: usize,
-}
-
-impl Drop for Taken {
-    fn drop(&mut self) {
-        self.ring.push(self.bid);
-    }
+    Ring {
+        ring: Rc<Shared>,
+        bid: u16,
+        /// Bytes the kernel put in it.
+        len: usize,
+    },
+    Heap(Rc<[u8]>),
 }
 
 /// A view of (part of) one received buffer. Clones share the buffer; the buffer
 /// returns to the kernel when the last view is dropped.
-#[derive(Clone)]
 pub struct BufRef {
-    inner: Rc<Backing>,
+    inner: Backing,
     start: usize,
     end: usize,
+}
+
+impl Clone for BufRef {
+    fn clone(&self) -> BufRef {
+        let inner = match &self.inner {
+            Backing::Ring { ring, bid, len } => {
+                let v = &ring.views[usize::from(*bid)];
+                v.set(v.get() + 1);
+                Backing::Ring {
+                    ring: Rc::clone(ring),
+                    bid: *bid,
+                    len: *len,
+                }
+            }
+            Backing::Heap(b) => Backing::Heap(Rc::clone(b)),
+        };
+        BufRef {
+            inner,
+            start: self.start,
+            end: self.end,
+        }
+    }
+}
+
+impl Drop for BufRef {
+    fn drop(&mut self) {
+        if let Backing::Ring { ring, bid, .. } = &self.inner {
+            let v = &ring.views[usize::from(*bid)];
+            let left = v.get().saturating_sub(1);
+            v.set(left);
+            if left == 0 {
+                ring.push(*bid);
+            }
+        }
+    }
 }
 
 impl BufRef {
     /// The received bytes in this view.
     pub fn as_slice(&self) -> &[u8] {
-        match &*self.inner {
+        match &self.inner {
             Backing::Heap(b) => &b[self.start..self.end],
-            Backing::Ring(t) => {
-                let shared = &t.ring;
-                debug_assert!(self.end <= t.len);
+            Backing::Ring { ring, bid, len } => {
+                debug_assert!(self.end <= *len);
                 // SAFETY: the buffer `bid` was filled by the kernel with `len`
-                // bytes and is owned by userspace until the last `Taken` drops (it
-                // is not in the ring, so the kernel cannot write to it);
+                // bytes and is owned by userspace until its last view drops
+                // (its count in `views` is non-zero while this one lives, so it
+                // is not in the ring and the kernel cannot write to it);
                 // `start..end` lies within `0..len`.
                 unsafe {
-                    let p = shared
+                    let p = ring
                         .base
-                        .add(usize::from(t.bid) * shared.size as usize + self.start);
+                        .add(usize::from(*bid) * ring.size as usize + self.start);
                     std::slice::from_raw_parts(p, self.end - self.start)
                 }
             }
@@ -233,7 +267,7 @@ impl BufRef {
     /// A heap copy of `data`, usable wherever a received buffer is.
     pub fn copied(data: &[u8]) -> BufRef {
         BufRef {
-            inner: Rc::new(Backing::Heap(data.into())),
+            inner: Backing::Heap(data.into()),
             start: 0,
             end: data.len(),
         }
@@ -242,7 +276,7 @@ impl BufRef {
     /// Whether this view holds a ring buffer (which the kernel cannot reuse
     /// until the view is dropped).
     pub fn pins_ring(&self) -> bool {
-        matches!(&*self.inner, Backing::Ring(_))
+        matches!(&self.inner, Backing::Ring { .. })
     }
 
     /// Replaces a ring-backed view with a heap copy of its bytes, giving the
@@ -268,11 +302,10 @@ impl BufRef {
     pub fn slice(&self, from: usize, to: usize) -> BufRef {
         let to = to.min(self.len());
         let from = from.min(to);
-        BufRef {
-            inner: Rc::clone(&self.inner),
-            start: self.start + from,
-            end: self.start + to,
-        }
+        let mut view = self.clone();
+        view.start = self.start + from;
+        view.end = self.start + to;
+        view
     }
 
     /// Drops the first `n` bytes of this view.

@@ -99,7 +99,13 @@ pub fn compact_segs(segs: &mut Vec<Seg>) {
 }
 
 /// Drops the first `n` bytes from a queue of segments (after a short write).
-pub fn advance_segs(segs: &mut Vec<Seg>, mut n: usize) {
+pub fn advance_segs(segs: &mut Vec<Seg>, n: usize) {
+    advance_segs_reclaim(segs, n, drop);
+}
+
+/// [`advance_segs`], handing the storage of every owned segment sent whole
+/// to `reclaim` (for reuse) instead of freeing it.
+pub fn advance_segs_reclaim(segs: &mut Vec<Seg>, mut n: usize, mut reclaim: impl FnMut(Vec<u8>)) {
     let mut drop_front = 0;
     for seg in segs.iter_mut() {
         if n == 0 {
@@ -114,7 +120,11 @@ pub fn advance_segs(segs: &mut Vec<Seg>, mut n: usize) {
             n = 0;
         }
     }
-    segs.drain(..drop_front);
+    for s in segs.drain(..drop_front) {
+        if let Seg::Owned { data, .. } = s {
+            reclaim(data);
+        }
+    }
 }
 
 /// An operation to submit, with the resources it owns.
@@ -245,8 +255,9 @@ pub(crate) enum Parked {
     Recv(BufRing),
     Writev {
         segs: Vec<Seg>,
-        // Never read: kept alive because the kernel reads it.
-        _iov: Box<[libc::iovec]>,
+        /// Read by the kernel until the op finishes; then recycled by the
+        /// ring (never read here).
+        iov: Vec<libc::iovec>,
     },
     Addr(#[allow(dead_code)] Box<SockAddr>),
     Time(#[allow(dead_code)] Box<Timespec>),

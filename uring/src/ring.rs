@@ -89,7 +89,17 @@ pub struct Ring {
     /// Completions taken off the CQ inside `push` (to make room when the
     /// kernel answered `EBUSY`), handed out by the next `reap`.
     deferred: Vec<Completion>,
+    /// iovec arrays of finished `Writev`s, reused by the next ones (no
+    /// allocation per send once warm).
+    iov_spare: Vec<Vec<libc::iovec>>,
+    /// Timespecs of finished timeouts (a heartbeat allocates none). Boxed:
+    /// each is handed to the kernel by address and must not move.
+    #[allow(clippy::vec_box, reason = "the kernel holds each box's address")]
+    ts_spare: Vec<Box<types::Timespec>>,
 }
+
+/// Most spare iovec arrays kept.
+const IOV_SPARE_MAX: usize = 256;
 
 /// Source of [`Ring`] ids.
 static NEXT_RING_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -129,6 +139,8 @@ impl Ring {
             defer_taskrun: defer,
             id: NEXT_RING_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             deferred: Vec::new(),
+            iov_spare: Vec::new(),
+            ts_spare: Vec::new(),
         })
     }
 
@@ -210,7 +222,7 @@ impl Ring {
         let entry = self.ops.vacant_entry();
         let key = entry.key();
         let id = OpId::new(key, gen);
-        let (sqe, parked) = build(op, id)?;
+        let (sqe, parked) = build(op, id, &mut self.iov_spare, &mut self.ts_spare)?;
         entry.insert(InFlight { tag, gen, parked });
         let sqe = sqe.user_data(id.0);
         for _ in 0..PUSH_RETRIES {
@@ -311,9 +323,23 @@ impl Ring {
                 }
             }
             if !more {
-                let done = self.ops.remove(key);
+                let mut parked = self.ops.remove(key).parked;
+                // The op is finished: the kernel no longer reads what it
+                // pointed to, which the next ops may reuse.
+                match parked {
+                    Parked::Writev { ref mut iov, .. } if self.iov_spare.len() < IOV_SPARE_MAX => {
+                        let mut spare = std::mem::take(iov);
+                        spare.clear();
+                        self.iov_spare.push(spare);
+                    }
+                    Parked::Time(ts) if self.ts_spare.len() < IOV_SPARE_MAX => {
+                        self.ts_spare.push(ts);
+                        parked = Parked::Nothing;
+                    }
+                    _ => {}
+                }
                 if matches!(data, Returned::Nothing) {
-                    data = done.parked.into_returned();
+                    data = parked.into_returned();
                 }
             }
             out.push(Completion {
@@ -337,8 +363,16 @@ impl Drop for Ring {
     }
 }
 
-/// Builds the SQE for `op` and the resources to park while it is in flight.
-fn build(op: Op, id: OpId) -> io::Result<(squeue::Entry, Parked)> {
+/// Builds the SQE for `op` and the resources to park while it is in flight
+/// (a `Writev`'s iovec array comes from `iov_spare`, a `Timeout`'s timespec
+/// from `ts_spare`, when one is there).
+#[allow(clippy::vec_box, reason = "the kernel holds each box's address")]
+fn build(
+    op: Op,
+    id: OpId,
+    iov_spare: &mut Vec<Vec<libc::iovec>>,
+    ts_spare: &mut Vec<Box<types::Timespec>>,
+) -> io::Result<(squeue::Entry, Parked)> {
     Ok(match op {
         Op::AcceptMulti { fd } => (
             opcode::AcceptMulti::new(types::Fd(fd))
@@ -351,20 +385,24 @@ fn build(op: Op, id: OpId) -> io::Result<(squeue::Entry, Parked)> {
             Parked::Recv(bufs),
         ),
         Op::Writev { fd, segs } => {
-            let iov: Box<[libc::iovec]> = segs
-                .iter()
-                .filter(|s| !s.is_empty())
-                .take(libc::UIO_MAXIOV as usize)
-                .map(|s| {
-                    let b = s.as_slice();
-                    libc::iovec {
-                        iov_base: b.as_ptr() as *mut libc::c_void,
-                        iov_len: b.len(),
-                    }
-                })
-                .collect();
+            let mut iov = iov_spare.pop().unwrap_or_default();
+            iov.clear();
+            iov.extend(
+                segs.iter()
+                    .filter(|s| !s.is_empty())
+                    .take(libc::UIO_MAXIOV as usize)
+                    .map(|s| {
+                        let b = s.as_slice();
+                        libc::iovec {
+                            iov_base: b.as_ptr() as *mut libc::c_void,
+                            iov_len: b.len(),
+                        }
+                    }),
+            );
+            // The array's heap buffer stays put when the Vec moves into the
+            // slab, and is not touched again until the final CQE.
             let sqe = opcode::Writev::new(types::Fd(fd), iov.as_ptr(), iov.len() as u32).build();
-            (sqe, Parked::Writev { segs, _iov: iov })
+            (sqe, Parked::Writev { segs, iov })
         }
         Op::Connect { fd, addr } => {
             // Boxed so the address stays put until the completion (the
@@ -381,11 +419,16 @@ fn build(op: Op, id: OpId) -> io::Result<(squeue::Entry, Parked)> {
             (opcode::Close::new(types::Fd(fd)).build(), Parked::Close(fd))
         }
         Op::Timeout { after } => {
-            let ts = Box::new(
-                types::Timespec::new()
-                    .sec(after.as_secs())
-                    .nsec(after.subsec_nanos()),
-            );
+            let value = types::Timespec::new()
+                .sec(after.as_secs())
+                .nsec(after.subsec_nanos());
+            let ts = match ts_spare.pop() {
+                Some(mut b) => {
+                    *b = value;
+                    b
+                }
+                None => Box::new(value),
+            };
             let ptr = &*ts as *const types::Timespec;
             (opcode::Timeout::new(ptr).build(), Parked::Time(ts))
         }
@@ -562,6 +605,46 @@ mod tests {
         assert_eq!(c.result, 0, "EOF ends the multishot receive");
         assert!(!c.more);
         drop(conn);
+    }
+
+    #[test]
+    fn a_split_buffer_goes_back_with_its_last_view() {
+        let mut r = ring();
+        let bufs = r.register_buf_ring(3, 4, 64).expect("buf ring");
+        let (mut client, server) = {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let c = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+            (c, listener.accept().expect("accept").0)
+        };
+        r.push(
+            Op::RecvMulti {
+                fd: server.as_raw_fd(),
+                bufs: bufs.clone(),
+            },
+            1,
+        )
+        .expect("push");
+        client.write_all(b"head|body").expect("write");
+        let c = wait_for(&mut r, 1);
+        let Returned::Buf(b) = c.data else {
+            panic!("expected a buffer")
+        };
+        assert_eq!(bufs.available(), 3);
+        let head = b.slice(0, 4);
+        let mut body = b.slice(5, b.len());
+        let copy = b.clone();
+        drop(b);
+        assert_eq!(
+            (head.as_slice(), body.as_slice()),
+            (&b"head"[..], &b"body"[..])
+        );
+        drop(head);
+        drop(copy);
+        assert_eq!(bufs.available(), 3, "the body view still holds the buffer");
+        body.detach();
+        assert_eq!(body.as_slice(), b"body");
+        assert!(!body.pins_ring());
+        assert_eq!(bufs.available(), 4, "detaching the last view gave it back");
     }
 
     #[test]

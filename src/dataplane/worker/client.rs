@@ -52,7 +52,10 @@ impl Worker {
                     cl.pending_bytes -= buf.len();
                     cl.head_started.get_or_insert(self.now);
                     let prev = cl.head_acc.held();
-                    let parsed = cl.head_acc.feed(buf.as_slice(), parse_request);
+                    let store = &mut self.req_store;
+                    let parsed = cl
+                        .head_acc
+                        .feed(buf.as_slice(), |b| parse_request_into(b, store));
                     match parsed {
                         Ok(Parsed::Complete { head, head_len }) => {
                             let used = head_len - prev;
@@ -127,7 +130,7 @@ impl Worker {
                     if body.is_done() {
                         return;
                     }
-                    let mut segs = Vec::new();
+                    let mut segs = std::mem::take(&mut self.body_segs);
                     let mut err = None;
                     while !body.is_done() {
                         let Some(buf) = cl.pending.pop_front() else {
@@ -163,7 +166,9 @@ impl Worker {
                         self.fail_request_body(r, &ProxyError::BadRequest(e));
                         return;
                     }
-                    self.send_upstream(up, segs, done);
+                    self.send_upstream(up, &mut segs, done);
+                    segs.clear();
+                    self.body_segs = segs;
                     return;
                 }
             }

@@ -27,16 +27,17 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringmux_uring::op::{advance_segs, compact_segs, pins_too_many};
+use ringmux_uring::op::{advance_segs_reclaim, compact_segs, pins_too_many};
 use ringmux_uring::{BufRef, BufRing, Completion, Op, Returned, Ring, RingConfig, Seg};
 use slab::Slab;
 
 use super::conn::{Client, Phase, Ref, Upstream};
+use super::freelist::ByteBufs;
 use super::guard::{expired, ClientLimits, Expiry};
 use crate::error::{ChildIo, ChildOp, FailedSide, ProxyError};
 use crate::http::{
-    parse_request, parse_response, simple_response, BodyKind, BodyTracker, HttpError, Parsed,
-    RequestHead,
+    parse_request_into, parse_response_into, simple_response, BodyKind, BodyTracker, Headers,
+    HttpError, Parsed, RequestHead,
 };
 use crate::metrics::Metrics;
 use crate::msg::{Inbox, Mailbox, ToControl, ToWorker};
@@ -128,6 +129,15 @@ pub struct Worker {
     waiting: HashMap<RouteKey, Vec<Ref>>,
     pool: HashMap<u64, Vec<Ref>>,
     starved: Vec<(Side, Ref)>,
+    /// Buffers for rewritten heads, back from finished sends.
+    head_bufs: ByteBufs,
+    /// Scratch list of request-body pieces on their way to a child.
+    body_segs: Vec<BufRef>,
+    /// Storage of the request head being parsed, given back by the head
+    /// once it was written to the child (no allocation per head).
+    req_store: Headers,
+    /// The same for response heads.
+    resp_store: Headers,
     next_gen: u32,
     stopping: bool,
     metrics: Arc<Metrics>,
@@ -182,6 +192,10 @@ impl Worker {
             waiting: HashMap::new(),
             pool: HashMap::new(),
             starved: Vec::new(),
+            head_bufs: ByteBufs::default(),
+            body_segs: Vec::new(),
+            req_store: Headers::default(),
+            resp_store: Headers::default(),
             next_gen: 1,
             stopping: false,
             metrics: setup.metrics,

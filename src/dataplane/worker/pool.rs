@@ -6,10 +6,9 @@ impl Worker {
     pub(super) fn take_pooled(&mut self, child: &Arc<ChildInfo>) -> Option<Ref> {
         loop {
             let list = self.pool.get_mut(&child.id)?;
-            let Some(r) = list.pop() else {
-                self.pool.remove(&child.id);
-                return None;
-            };
+            // An empty list stays (with its capacity) for the connection's
+            // return; it goes when the child does (`ChildGone`).
+            let r = list.pop()?;
             if !self.up_ok(r) {
                 continue;
             }

@@ -205,7 +205,8 @@ impl Worker {
         if io.out.slow || pins_too_many(&io.out.q) {
             compact_segs(&mut io.out.q);
         }
-        let segs = std::mem::take(&mut io.out.q);
+        let spare = std::mem::take(&mut io.out.spare);
+        let segs = std::mem::replace(&mut io.out.q, spare);
         match self
             .ring
             .push(Op::Writev { fd: io.fd, segs }, tag(side.send_kind(), r))
@@ -242,12 +243,16 @@ impl Worker {
         let n = c.result as usize;
         io.out.bytes = io.out.bytes.saturating_sub(n);
         if let Returned::Segs(mut segs) = c.data {
-            advance_segs(&mut segs, n);
+            let heads = &mut self.head_bufs;
+            advance_segs_reclaim(&mut segs, n, |b| heads.put(b));
             io.out.slow = !segs.is_empty();
             if !segs.is_empty() {
+                // What was not sent goes first, then what was queued since.
                 segs.append(&mut io.out.q);
-                io.out.q = segs;
+                segs = std::mem::replace(&mut io.out.q, segs);
             }
+            // `segs` is empty now either way: the next spare.
+            io.out.spare = segs;
         }
         let low = io.out.bytes < LOW_WATER;
         let peer = match side {

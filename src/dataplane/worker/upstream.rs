@@ -19,12 +19,12 @@ impl Worker {
                 }
             },
         };
-        let mut h = Vec::with_capacity(512);
+        let mut h = self.head_bufs.take();
         head.write_upstream(&child.host, &mut h);
         let u = &mut self.ups[up.0];
         u.client = Some(r);
         u.req_is_head = head.is_head();
-        if u.reused && idempotent(&head.method) {
+        if u.reused && idempotent(head.method()) {
             u.replay = Some(Vec::new());
         }
         self.clients[r.0].phase = Phase::Proxy {
@@ -32,6 +32,7 @@ impl Worker {
             body: BodyTracker::new(head.body).with_limit(self.limits.max_body),
         };
         let body_done = matches!(head.body, BodyKind::None | BodyKind::Length(0));
+        self.req_store = head.into_store();
         self.queue_upstream(up, Seg::owned(h));
         if body_done {
             self.ups[up.0].req_done = true;
@@ -57,11 +58,12 @@ impl Worker {
         u.out.push(seg);
     }
 
-    pub(super) fn send_upstream(&mut self, up: Ref, segs: Vec<BufRef>, done: bool) {
+    /// Queues the body pieces in `segs` (drained) for the child.
+    pub(super) fn send_upstream(&mut self, up: Ref, segs: &mut Vec<BufRef>, done: bool) {
         if !self.up_ok(up) {
             return;
         }
-        for s in segs {
+        for s in segs.drain(..) {
             self.queue_upstream(up, Seg::Buf(s));
         }
         if done {
@@ -127,9 +129,10 @@ impl Worker {
             let u = &mut self.ups[up.0];
             let prev = u.head_acc.held();
             let req_is_head = u.req_is_head;
-            let parsed = u
-                .head_acc
-                .feed(buf.as_slice(), |b| parse_response(b, req_is_head));
+            let store = &mut self.resp_store;
+            let parsed = u.head_acc.feed(buf.as_slice(), |b| {
+                parse_response_into(b, req_is_head, store)
+            });
             match parsed {
                 Ok(Parsed::Partial) => return,
                 Ok(Parsed::Complete { head, head_len }) => {
@@ -145,10 +148,11 @@ impl Worker {
                         );
                     }
                     let cl = &mut self.clients[cr.0];
-                    let mut h = Vec::with_capacity(512);
+                    let mut h = self.head_bufs.take();
                     if head.is_informational() {
                         head.write_downstream(true, &mut h);
                         cl.out.push(Seg::owned(h));
+                        self.resp_store = head.into_store();
                         self.flush(Side::Client, cr);
                         continue;
                     }
@@ -161,6 +165,7 @@ impl Worker {
                     u.asked_at = None;
                     u.reusable = head.keep_alive;
                     u.body = Some(BodyTracker::new(head.body));
+                    self.resp_store = head.into_store();
                 }
                 Err(e) => {
                     tracing::warn!(worker = self.id, error = %e, "invalid response from child");
