@@ -1,12 +1,13 @@
 //! A message's header fields as the proxy keeps them: one copy of all names
-//! and values, back to back in one buffer, and a list of spans into it — two
-//! allocations per head however many fields it has (one owned `String` and
-//! `Vec` per name and value before). Names and values are exactly as
-//! received (original case, raw bytes), in order.
+//! (a `String`, so reading one back needs no UTF-8 check), one of all values
+//! (bytes), and a list of spans into them — a fixed few buffers per head
+//! however many fields it has, and none once the storage is reused
+//! (`parse_request_into`). Names and values are exactly as received
+//! (original case, raw bytes), in order.
 
 use super::{check_field, HttpError};
 
-/// Where one field's name and value lie in [`Headers`]' buffer.
+/// Where one field's name (in `names`) and value (in `values`) lie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Field {
     name: (u32, u32),
@@ -14,22 +15,24 @@ struct Field {
 }
 
 /// Where a piece of start-line text (method, target, reason) lies in the
-/// buffer of [`Headers`].
+/// `names` text of [`Headers`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Text(u32, u32);
 
 /// The header fields of one head (and the start line's text pieces, which
-/// share the buffer).
+/// share the names' text).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Headers {
-    buf: Vec<u8>,
+    names: String,
+    values: Vec<u8>,
     fields: Vec<Field>,
 }
 
 impl Headers {
     /// Empties `self` for another head, keeping its capacity.
     pub fn clear(&mut self) {
-        self.buf.clear();
+        self.names.clear();
+        self.values.clear();
         self.fields.clear();
     }
 
@@ -37,8 +40,8 @@ impl Headers {
     /// each field (no CR, LF or NUL; a name).
     pub(crate) fn fill(&mut self, raw: &[httparse::Header<'_>]) -> Result<(), HttpError> {
         self.clear();
-        let bytes = raw.iter().map(|h| h.name.len() + h.value.len()).sum();
-        self.buf.reserve(bytes);
+        self.names.reserve(raw.iter().map(|h| h.name.len()).sum());
+        self.values.reserve(raw.iter().map(|h| h.value.len()).sum());
         self.fields.reserve(raw.len());
         for h in raw {
             check_field(h.name, h.value)?;
@@ -49,16 +52,16 @@ impl Headers {
 
     /// Stores `s` (a start-line piece) beside the fields.
     pub(crate) fn push_text(&mut self, s: &str) -> Text {
-        let start = self.buf.len() as u32;
-        self.buf.extend_from_slice(s.as_bytes());
-        Text(start, self.buf.len() as u32)
+        let start = self.names.len() as u32;
+        self.names.push_str(s);
+        Text(start, self.names.len() as u32)
     }
 
     /// A piece stored by [`Headers::push_text`].
     pub(crate) fn text(&self, t: Text) -> &str {
-        let b = self.buf.get(t.0 as usize..t.1 as usize).unwrap_or_default();
-        // Pushed from `&str`, so this never falls back.
-        std::str::from_utf8(b).unwrap_or_default()
+        self.names
+            .get(t.0 as usize..t.1 as usize)
+            .unwrap_or_default()
     }
 
     /// Fields from `(name, value)` pairs, unvalidated (tests, and heads the
@@ -73,14 +76,13 @@ impl Headers {
 
     fn push(&mut self, name: &str, value: &[u8]) {
         // Heads are at most MAX_HEAD (64 KiB) long, so offsets fit in u32.
-        let at = |b: &Vec<u8>| b.len() as u32;
-        let n0 = at(&self.buf);
-        self.buf.extend_from_slice(name.as_bytes());
-        let v0 = at(&self.buf);
-        self.buf.extend_from_slice(value);
+        let n0 = self.names.len() as u32;
+        self.names.push_str(name);
+        let v0 = self.values.len() as u32;
+        self.values.extend_from_slice(value);
         self.fields.push(Field {
-            name: (n0, v0),
-            value: (v0, at(&self.buf)),
+            name: (n0, self.names.len() as u32),
+            value: (v0, self.values.len() as u32),
         });
     }
 
@@ -100,10 +102,10 @@ impl Headers {
     }
 
     fn field(&self, f: &Field) -> (&str, &[u8]) {
-        let name = &self.buf[f.name.0 as usize..f.name.1 as usize];
-        // Names were pushed from `&str`, so this never falls back.
-        let name = std::str::from_utf8(name).unwrap_or_default();
-        (name, &self.buf[f.value.0 as usize..f.value.1 as usize])
+        // Spans made by `push` lie on the boundaries of what it pushed.
+        let name = self.names.get(f.name.0 as usize..f.name.1 as usize);
+        let value = self.values.get(f.value.0 as usize..f.value.1 as usize);
+        (name.unwrap_or_default(), value.unwrap_or_default())
     }
 
     /// The fields in order.
