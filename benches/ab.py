@@ -18,13 +18,12 @@ Usage: benches/ab.py --a OLD/ringmux --b NEW/ringmux [--rounds 9] [--secs 3]
 import argparse
 import json
 import os
-import random
 import shutil
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import child_socket as cs  # noqa: E402
+from child_socket import compare  # noqa: E402
 import harness as h  # noqa: E402
 
 
@@ -51,39 +50,12 @@ def main():
             os.mkdir(base)
             h.RINGMUX = os.path.abspath(binary)
             procs[name] = h.start_ringmux(base, extra=tuple(a.extra.split()))
-        key = "ab-bench"
-        path = f"/mcp?{h.KEY}={key}"
-        for p in procs.values():
-            for _ in range(3):
-                h.call(p.port, key, "echo", {"text": "warm"})
-        rows = {n: [] for n in procs}
-        rnd = random.Random(11)
-        for r in range(a.rounds):
-            order = list(procs)
-            rnd.shuffle(order)
-            for n in order:
-                rows[n].append(cs.measure(procs[n], path, a.secs))
-            print(f"round {r + 1}/{a.rounds}: " + ", ".join(
-                f"{n} p50 {rows[n][-1]['p50_us']:.0f} µs, {rows[n][-1]['sat_rps']:.0f}/s, "
-                f"CPU {rows[n][-1]['proxy_cpu_us']:.1f} + {rows[n][-1]['child_cpu_us']:.1f} µs" for n in procs),
-                flush=True)
+        out = compare(procs, a.rounds, a.secs, "a1", "b", "a2", seed=11)
+        out.update(a=a.a, b=a.b)
     finally:
         for p in procs.values():
             p.stop()
         shutil.rmtree(work, ignore_errors=True)
-    out = {"a": a.a, "b": a.b, "rounds": a.rounds, "secs": a.secs, "raw": rows, "ratios": {}}
-    print(f"\nmedian of {a.rounds} rounds (ratio to a1, bootstrap 95 % interval)")
-    print(f"{'metric':<16} {'a1':>10} {'b/a1':>24} {'A/A a2/a1':>24}")
-    for m in cs.METRICS:
-        base = [x[m] for x in rows["a1"]]
-        res = {}
-        for n in ("b", "a2"):
-            ratios = [x[m] / v for x, v in zip(rows[n], base)]
-            lo, hi = h.boot(ratios)
-            res[n] = {"median": h.med(ratios), "ci95": [lo, hi]}
-        out["ratios"][m] = res
-        cell = lambda r: f"{r['median']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]"  # noqa: E731
-        print(f"{m:<16} {h.med(base):>10.1f} {cell(res['b']):>24} {cell(res['a2']):>24}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -78,6 +78,43 @@ def measure(proc, path, secs):
             "proxy_cpu_us": (p1 - p0) * 1e6 / n, "child_cpu_us": (k1 - k0) * 1e6 / n}
 
 
+def compare(procs, rounds, secs, base, test, control, seed=7):
+    """Warms one key on every instance in `procs` (name -> Proc), measures
+    them `rounds` times in random order, prints each round and then the
+    median ratios `test / base` and `control / base` (the A/A) with
+    bootstrap 95 % intervals; returns the raw rounds and the ratios."""
+    key = "ratio-bench"
+    path = f"/mcp?{h.KEY}={key}"
+    for p in procs.values():
+        for _ in range(3):
+            h.call(p.port, key, "echo", {"text": "warm"})
+    rows = {n: [] for n in procs}
+    rnd = random.Random(seed)
+    for r in range(rounds):
+        order = list(procs)
+        rnd.shuffle(order)
+        for n in order:
+            rows[n].append(measure(procs[n], path, secs))
+        print(f"round {r + 1}/{rounds}: " + ", ".join(
+            f"{n} p50 {rows[n][-1]['p50_us']:.0f} µs, {rows[n][-1]['sat_rps']:.0f}/s, "
+            f"CPU {rows[n][-1]['proxy_cpu_us']:.1f} + {rows[n][-1]['child_cpu_us']:.1f} µs" for n in procs),
+            flush=True)
+    out = {"rounds": rounds, "secs": secs, "raw": rows, "ratios": {}}
+    print(f"\nmedian of {rounds} rounds (ratio to {base}, bootstrap 95 % interval)")
+    print(f"{'metric':<16} {base:>10} {test + '/' + base:>24} {'A/A ' + control + '/' + base:>24}")
+    for m in METRICS:
+        ref = [x[m] for x in rows[base]]
+        res = {}
+        for n in (test, control):
+            ratios = [x[m] / b for x, b in zip(rows[n], ref)]
+            lo, hi = h.boot(ratios)
+            res[n] = {"median": h.med(ratios), "ci95": [lo, hi]}
+        out["ratios"][m] = res
+        cell = lambda r: f"{r['median']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]"  # noqa: E731
+        print(f"{m:<16} {h.med(ref):>10.1f} {cell(res[test]):>24} {cell(res[control]):>24}")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,38 +131,11 @@ def main():
             base = os.path.join(work, name)
             os.mkdir(base)
             procs[name] = h.start_ringmux(base, extra=("--child-socket", kind))
-        key = "childsock-bench"
-        path = f"/mcp?{h.KEY}={key}"
-        for p in procs.values():
-            for _ in range(3):
-                h.call(p.port, key, "echo", {"text": "warm"})
-        rows = {n: [] for n in procs}
-        rnd = random.Random(7)
-        for r in range(a.rounds):
-            order = list(procs)
-            rnd.shuffle(order)
-            for n in order:
-                rows[n].append(measure(procs[n], path, a.secs))
-            print(f"round {r + 1}/{a.rounds}: " + ", ".join(
-                f"{n} p50 {rows[n][-1]['p50_us']:.0f} µs, {rows[n][-1]['sat_rps']:.0f}/s, "
-                f"CPU {rows[n][-1]['proxy_cpu_us']:.1f} + {rows[n][-1]['child_cpu_us']:.1f} µs" for n in procs), flush=True)
+        out = compare(procs, a.rounds, a.secs, "unix-a", "tcp", "unix-b")
     finally:
         for p in procs.values():
             p.stop()
         shutil.rmtree(work, ignore_errors=True)
-    out = {"rounds": a.rounds, "secs": a.secs, "raw": rows, "ratios": {}}
-    print(f"\nmedian of {a.rounds} rounds (ratio to unix-a, bootstrap 95 % interval)")
-    print(f"{'metric':<16} {'unix-a':>10} {'tcp/unix-a':>24} {'A/A unix-b/unix-a':>24}")
-    for m in METRICS:
-        base = [x[m] for x in rows["unix-a"]]
-        res = {}
-        for n in ("tcp", "unix-b"):
-            ratios = [x[m] / b for x, b in zip(rows[n], base)]
-            lo, hi = h.boot(ratios)
-            res[n] = {"median": h.med(ratios), "ci95": [lo, hi]}
-        out["ratios"][m] = res
-        cell = lambda r: f"{r['median']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]"  # noqa: E731
-        print(f"{m:<16} {h.med(base):>10.1f} {cell(res['tcp']):>24} {cell(res['unix-b']):>24}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)
