@@ -18,13 +18,10 @@ Usage: benches/ab.py --a OLD/ringmux --b NEW/ringmux [--rounds 9] [--secs 3]
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from child_socket import compare  # noqa: E402
-import harness as h  # noqa: E402
+from child_socket import run  # noqa: E402
 
 
 def main():
@@ -42,20 +39,10 @@ def main():
     for b in (a.a, a.b):
         if not os.access(b, os.X_OK):
             sys.exit(f"not an executable: {b}")
-    work = tempfile.mkdtemp(prefix="ringmux-ab-")
-    procs = {}
-    try:
-        for name, binary in (("a1", a.a), ("a2", a.a), ("b", a.b)):
-            base = os.path.join(work, name)
-            os.mkdir(base)
-            h.RINGMUX = os.path.abspath(binary)
-            procs[name] = h.start_ringmux(base, extra=tuple(a.extra.split()))
-        out = compare(procs, a.rounds, a.secs, "a1", "b", "a2", seed=11)
-        out.update(a=a.a, b=a.b)
-    finally:
-        for p in procs.values():
-            p.stop()
-        shutil.rmtree(work, ignore_errors=True)
+    flags = a.extra.split()
+    specs = [("a1", a.a, flags), ("a2", a.a, flags), ("b", a.b, flags)]
+    out = run(specs, a.rounds, a.secs, "a1", "b", "a2", seed=11)
+    out.update(a=a.a, b=a.b)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)

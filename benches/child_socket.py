@@ -115,6 +115,29 @@ def compare(procs, rounds, secs, base, test, control, seed=7):
     return out
 
 
+def run(specs, rounds, secs, base, test, control, json_path=None, seed=7):
+    """Starts one `ringmux serve --demo` per `(name, binary, flags)` in
+    `specs`, runs [`compare`] on them, stops them, and writes the result to
+    `json_path` if given."""
+    work = tempfile.mkdtemp(prefix="ringmux-compare-")
+    procs = {}
+    try:
+        for name, binary, flags in specs:
+            dir_ = os.path.join(work, name)
+            os.mkdir(dir_)
+            h.RINGMUX = os.path.abspath(binary)
+            procs[name] = h.start_ringmux(dir_, extra=tuple(flags))
+        out = compare(procs, rounds, secs, base, test, control, seed=seed)
+    finally:
+        for p in procs.values():
+            p.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(out, f, indent=1)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -124,21 +147,8 @@ def main():
     a = ap.parse_args()
     if not (1 <= a.rounds <= 100 and 0.5 <= a.secs <= 60):
         sys.exit("--rounds must be 1..100 and --secs 0.5..60")
-    work = tempfile.mkdtemp(prefix="ringmux-childsock-")
-    procs = {}
-    try:
-        for name, kind in (("unix-a", "unix"), ("unix-b", "unix"), ("tcp", "tcp")):
-            base = os.path.join(work, name)
-            os.mkdir(base)
-            procs[name] = h.start_ringmux(base, extra=("--child-socket", kind))
-        out = compare(procs, a.rounds, a.secs, "unix-a", "tcp", "unix-b")
-    finally:
-        for p in procs.values():
-            p.stop()
-        shutil.rmtree(work, ignore_errors=True)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+    specs = [(n, h.RINGMUX, ("--child-socket", k)) for n, k in (("unix-a", "unix"), ("unix-b", "unix"), ("tcp", "tcp"))]
+    run(specs, a.rounds, a.secs, "unix-a", "tcp", "unix-b", a.json)
 
 
 if __name__ == "__main__":

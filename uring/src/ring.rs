@@ -98,8 +98,8 @@ pub struct Ring {
     ts_spare: Vec<Box<types::Timespec>>,
 }
 
-/// Most spare iovec arrays kept.
-const IOV_SPARE_MAX: usize = 256;
+/// Most spare iovec arrays, and most spare timespecs, kept.
+const SPARE_MAX: usize = 256;
 
 /// Source of [`Ring`] ids.
 static NEXT_RING_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -327,12 +327,12 @@ impl Ring {
                 // The op is finished: the kernel no longer reads what it
                 // pointed to, which the next ops may reuse.
                 match parked {
-                    Parked::Writev { ref mut iov, .. } if self.iov_spare.len() < IOV_SPARE_MAX => {
+                    Parked::Writev { ref mut iov, .. } if self.iov_spare.len() < SPARE_MAX => {
                         let mut spare = std::mem::take(iov);
                         spare.clear();
                         self.iov_spare.push(spare);
                     }
-                    Parked::Time(ts) if self.ts_spare.len() < IOV_SPARE_MAX => {
+                    Parked::Time(ts) if self.ts_spare.len() < SPARE_MAX => {
                         self.ts_spare.push(ts);
                         parked = Parked::Nothing;
                     }
