@@ -156,6 +156,10 @@ pub struct WorkerMetrics {
     /// Heap allocations made on the worker's thread so far, as of its
     /// latest heartbeat (0 where the counting allocator is not installed).
     pub allocations: AtomicU64,
+    /// Times the worker waited for completions, as of its latest heartbeat.
+    pub waits: AtomicU64,
+    /// Completions it handled, as of its latest heartbeat.
+    pub completions: AtomicU64,
 }
 
 impl WorkerMetrics {
@@ -399,7 +403,19 @@ impl Metrics {
         );
         self.render_trash(&mut o);
         type Pick = fn(&WorkerMetrics) -> u64;
-        let per_worker: [(&str, &str, &str, Pick); 15] = [
+        let per_worker: [(&str, &str, &str, Pick); 17] = [
+            (
+                "ringmux_worker_ring_waits_total",
+                "counter",
+                "Times the worker waited for io_uring completions (each a possible wake-up), as of its latest 10 ms heartbeat.",
+                |w| w.waits.load(Relaxed),
+            ),
+            (
+                "ringmux_worker_completions_total",
+                "counter",
+                "io_uring completions the worker handled, as of its latest 10 ms heartbeat; divided by ringmux_worker_ring_waits_total it is completions per wake-up.",
+                |w| w.completions.load(Relaxed),
+            ),
             (
                 "ringmux_worker_allocations_total",
                 "counter",

@@ -154,6 +154,11 @@ pub struct Worker {
     /// When the current batch of completions was reaped (what the deadlines
     /// count with: one clock read per batch).
     now: Instant,
+    /// Waits for completions so far, and completions reaped (published on
+    /// each heartbeat: completions per wait says how much each wake-up
+    /// batches).
+    waits: u64,
+    completions: u64,
 }
 
 impl Worker {
@@ -206,6 +211,8 @@ impl Worker {
             tick_armed: false,
             accept_retry_at: None,
             now: Instant::now(),
+            waits: 0,
+            completions: 0,
         })
     }
 
@@ -242,6 +249,8 @@ impl Worker {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
             self.ring.reap(&mut comps);
+            self.waits += 1;
+            self.completions += comps.len() as u64;
             self.now = Instant::now();
             for c in comps.drain(..) {
                 self.dispatch(c);
@@ -292,6 +301,8 @@ impl Worker {
                 m.record_lag(late);
                 m.allocations
                     .store(crate::alloc_count::this_thread(), Relaxed);
+                m.waits.store(self.waits, Relaxed);
+                m.completions.store(self.completions, Relaxed);
                 self.last_tick = now;
                 self.ticks += 1;
                 if self.ticks.is_multiple_of(50) {
