@@ -20,6 +20,15 @@
 //! `unsent`), and responses still outstanding are waited for at most
 //! `--timeout-ms` more.
 //!
+//! With `--closed` there is no schedule (and no `--rate`): each connection
+//! sends its next request as soon as the previous response has been read
+//! (the wrk model), so the figures are a closed loop's: latency is measured
+//! from when a request was sent, throughput is whatever the server sustains
+//! at `--conns` requests in flight, and `scheduled = sent`, `unsent = 0`,
+//! `target_rps = null`. Requests sent in the first `--warmup` seconds are not
+//! recorded. A connection whose reconnect is refused waits 10 ms before it
+//! tries again.
+//!
 //! Connections are split across `--threads` event loops (connection `c` goes to
 //! thread `c % threads`), each an epoll set of non-blocking TCP_NODELAY sockets
 //! plus a timerfd armed for the next due request, so sends leave at their
@@ -40,6 +49,7 @@
 //!       [--path '/mcp?vf_state_secret=k'] [--body '{...}'] [--method POST|GET] \
 //!       [--conns 32] [--threads 1] [--warmup 0.5] [--mode full|sse] \
 //!       [--series lat.txt] [--timeout-ms 10000]
+//!   target/release/examples/loadgen --addr 127.0.0.1:PORT --closed --conns 32 --secs 5
 //!
 //! Prints one JSON object on stdout: sent, completed, errors, timeouts,
 //! non_2xx, reconnects, duration_s, achieved_rps, target_rps, p50_us, p90_us,
@@ -74,7 +84,7 @@ use rustix::time::{
 };
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-const USAGE: &str = "usage: loadgen --addr HOST:PORT --rate R [--secs S] [--path P] \
+const USAGE: &str = "usage: loadgen --addr HOST:PORT (--rate R | --closed) [--secs S] [--path P] \
 [--method POST|GET] [--body STRING] [--conns N] [--threads T] [--warmup S] \
 [--mode full|sse] [--series FILE] [--timeout-ms MS]";
 
@@ -108,6 +118,7 @@ struct Args {
     mode: Mode,
     series: Option<String>,
     timeout: Duration,
+    closed: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -126,6 +137,7 @@ fn parse_args() -> Result<Args, String> {
         mode: Mode::Full,
         series: None,
         timeout: Duration::from_millis(10_000),
+        closed: false,
     };
     fn num<T: std::str::FromStr>(flag: &str, v: String) -> Result<T, String>
     where
@@ -137,6 +149,10 @@ fn parse_args() -> Result<Args, String> {
     while let Some(flag) = it.next() {
         if flag == "--help" || flag == "-h" {
             return Err(USAGE.into());
+        }
+        if flag == "--closed" {
+            a.closed = true;
+            continue;
         }
         let v = it.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
@@ -167,7 +183,14 @@ fn parse_args() -> Result<Args, String> {
         .map_err(|e| format!("--addr {addr}: {e}"))?
         .next()
         .ok_or(format!("--addr {addr}: no address"))?;
-    a.rate = rate.ok_or(format!("--rate is required\n{USAGE}"))?;
+    a.rate = match (rate, a.closed) {
+        (Some(_), true) => return Err("--rate and --closed exclude each other".into()),
+        // Closed loop: the schedule is unused; any valid rate keeps the
+        // plan's arithmetic finite.
+        (None, true) => 1.0,
+        (Some(r), false) => r,
+        (None, false) => return Err(format!("--rate (or --closed) is required\n{USAGE}")),
+    };
     if !(a.rate > 0.0 && a.rate <= 10_000_000.0) {
         return Err("--rate must be in (0, 10000000]".into());
     }
@@ -231,6 +254,8 @@ struct Plan {
     timeout: Duration,
     mode: Mode,
     series: bool,
+    /// Closed loop: each connection sends as soon as it is idle.
+    closed: bool,
     start: Instant,
 }
 
@@ -245,6 +270,10 @@ impl Plan {
     }
     fn at(&self, offset_ns: u64) -> Instant {
         self.start + Duration::from_nanos(offset_ns)
+    }
+    /// Offset of `t` from `start`.
+    fn offset(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.start).as_nanos() as u64
     }
     /// Connection `conn`'s first request due inside the measured window.
     fn first_k_in_window(&self, conn: usize) -> u64 {
@@ -611,6 +640,8 @@ struct Conn {
     next_k: u64,
     inflight: Option<Inflight>,
     down_until: Option<Instant>,
+    /// Whether the last request failed (closed loop: retry after a pause).
+    failed: bool,
     parser: Parser,
 }
 
@@ -676,6 +707,7 @@ impl<'a> Worker<'a> {
                 next_k: 0,
                 inflight: None,
                 down_until: None,
+                failed: false,
                 parser: Parser::new(),
             });
         }
@@ -708,7 +740,11 @@ impl<'a> Worker<'a> {
         let end = plan.at(plan.end_ns);
         let hard_stop = end + plan.timeout;
         for idx in 0..self.conns.len() {
-            let due = plan.due_ns(self.conns[idx].id, 0);
+            let due = if plan.closed {
+                0
+            } else {
+                plan.due_ns(self.conns[idx].id, 0)
+            };
             if due < plan.end_ns {
                 self.heap.push(Reverse((due, idx)));
             }
@@ -722,7 +758,11 @@ impl<'a> Worker<'a> {
                         break;
                     }
                     self.heap.pop();
-                    self.after_idle(idx, now);
+                    if plan.closed {
+                        self.send_closed(idx, now);
+                    } else {
+                        self.after_idle(idx, now);
+                    }
                 }
             }
             if now >= self.next_timeout_scan || now >= hard_stop {
@@ -795,7 +835,12 @@ impl<'a> Worker<'a> {
     fn dispatch(&mut self, idx: usize, now: Instant) {
         let plan = self.plan;
         let c = &mut self.conns[idx];
-        let due_ns = plan.due_ns(c.id, c.next_k);
+        // Closed loop: a request is "due" when it is sent.
+        let due_ns = if plan.closed {
+            plan.offset(now)
+        } else {
+            plan.due_ns(c.id, c.next_k)
+        };
         c.next_k += 1;
         let recorded = due_ns >= plan.warmup_ns;
         if recorded {
@@ -812,6 +857,7 @@ impl<'a> Worker<'a> {
             written: 0,
         });
         c.parser.reset(plan.mode);
+        c.failed = false;
         self.inflight += 1;
         let backing_off = matches!(c.down_until, Some(t) if now < t);
         if c.sock.is_none() && (backing_off || self.connect(idx, now).is_err()) {
@@ -829,6 +875,20 @@ impl<'a> Worker<'a> {
     fn after_idle(&mut self, idx: usize, now: Instant) {
         let plan = self.plan;
         if now >= plan.at(plan.end_ns) {
+            return;
+        }
+        if plan.closed {
+            // The next request leaves from the loop (send_closed), not from
+            // here: a failing connection then cannot recurse through
+            // dispatch → fail → after_idle.
+            let c = &self.conns[idx];
+            if c.inflight.is_none() {
+                let mut at = if c.failed { now + CONNECT_BACKOFF } else { now };
+                if let Some(t) = c.down_until {
+                    at = at.max(t);
+                }
+                self.heap.push(Reverse((plan.offset(at), idx)));
+            }
             return;
         }
         while self.conns[idx].inflight.is_none() {
@@ -850,6 +910,25 @@ impl<'a> Worker<'a> {
                 return;
             }
             self.dispatch(idx, now);
+        }
+    }
+
+    /// Closed loop: sends `idx`'s next request now, unless one is in flight
+    /// or its reconnect is backing off (then it is retried later).
+    fn send_closed(&mut self, idx: usize, now: Instant) {
+        let plan = self.plan;
+        if self.conns[idx].inflight.is_some() {
+            return;
+        }
+        if let Some(t) = self.conns[idx].down_until.filter(|&t| now < t) {
+            self.heap.push(Reverse((plan.offset(t), idx)));
+            return;
+        }
+        self.dispatch(idx, now);
+        if self.conns[idx].inflight.is_none() {
+            // Failed at once: pace the retries.
+            self.heap
+                .push(Reverse((plan.offset(now + CONNECT_BACKOFF), idx)));
         }
     }
 
@@ -915,6 +994,7 @@ impl<'a> Worker<'a> {
     /// Ends `idx`'s in-flight request as failed, resets the connection, and
     /// moves on to the connection's next request.
     fn fail(&mut self, idx: usize, why: Fail, now: Instant) {
+        self.conns[idx].failed = true;
         if let Some(f) = self.conns[idx].inflight.take() {
             self.inflight -= 1;
             if f.recorded {
@@ -1226,6 +1306,7 @@ fn run() -> Result<(), String> {
         timeout: a.timeout,
         mode: a.mode,
         series: a.series.is_some(),
+        closed: a.closed,
         // A little slack so every loop is waiting when the first is due.
         start: Instant::now() + Duration::from_millis(5),
     };
@@ -1264,7 +1345,11 @@ fn run() -> Result<(), String> {
             t.saturating_duration_since(window_start).as_secs_f64()
         })
         .max(a.secs);
-    let scheduled = plan.count_below(plan.end_ns) - plan.first_window_i;
+    let scheduled = if a.closed {
+        c.sent
+    } else {
+        plan.count_below(plan.end_ns) - plan.first_window_i
+    };
     // Histogram buckets round up; never report a percentile above the exact max.
     let pct = |q: f64| (c.completed > 0).then(|| us(hist.value_at_quantile(q).min(c.lat_max_ns)));
     let out = serde_json::json!({
@@ -1280,7 +1365,7 @@ fn run() -> Result<(), String> {
         "warmup_skipped": c.warmup_skipped,
         "duration_s": (duration_s * 1e6).round() / 1e6,
         "achieved_rps": ((c.completed as f64 / duration_s) * 10.0).round() / 10.0,
-        "target_rps": a.rate,
+        "target_rps": (!a.closed).then_some(a.rate),
         "conns": a.conns,
         "threads": a.threads,
         "mode": if a.mode == Mode::Sse { "sse" } else { "full" },

@@ -102,7 +102,9 @@ def run_json(argv, timeout=TOOL_TIMEOUT) -> dict:
 
 def loadgen(port, path, rate, secs, conns, *, body=None, mode=None, warmup=None, extra=()):
     need(LOADGEN)
-    argv = [LOADGEN, "--addr", f"127.0.0.1:{port}", "--path", path, "--rate", rate,
+    # rate=None: closed loop.
+    argv = [LOADGEN, "--addr", f"127.0.0.1:{port}", "--path", path,
+            *(["--closed"] if rate is None else ["--rate", rate]),
             "--secs", secs, "--conns", conns]
     if body is not None:
         argv += ["--body", body]
@@ -130,13 +132,17 @@ def check_loadgen_report(r: dict, *, rate, secs, conns, mode):
         assert isinstance(r[k], int) and r[k] >= 0, f"{k} = {r[k]!r}"
     assert r["mode"] == mode
     assert r["conns"] == conns and r["threads"] == 1
-    assert r["target_rps"] == rate
+    assert r["target_rps"] == rate  # None in the closed loop
     # Every dispatched request of the window ends exactly once.
     assert r["sent"] == r["completed"] + r["errors"] + r["timeouts"], r
     assert r["non_2xx"] <= r["completed"], r
     assert r["sent"] + r["unsent"] == r["scheduled"], r
-    # Due times are i/rate: exactly rate*secs requests fall in the window.
-    assert r["scheduled"] == round(rate * secs), r
+    if rate is None:
+        # Closed loop: no schedule, so nothing is ever left unsent.
+        assert r["unsent"] == 0 and r["warmup_skipped"] == 0, r
+    else:
+        # Due times are i/rate: exactly rate*secs requests fall in the window.
+        assert r["scheduled"] == round(rate * secs), r
     assert r["duration_s"] >= secs, r
     assert math.isclose(r["achieved_rps"], r["completed"] / r["duration_s"], abs_tol=0.051), r
     if r["completed"]:
@@ -421,12 +427,61 @@ def test_loadgen_bad_flags_rejected():
     need(LOADGEN)
     for argv, msg in [
         ([], "--addr is required"),
-        (["--addr", "127.0.0.1:1"], "--rate is required"),
+        (["--addr", "127.0.0.1:1"], "--rate (or --closed) is required"),
+        (["--addr", "127.0.0.1:1", "--rate", "10", "--closed"], "--rate and --closed exclude each other"),
         (["--addr", "127.0.0.1:1", "--rate", "10", "--mode", "bogus"], "--mode must be full or sse"),
         (["--addr", "127.0.0.1:1", "--rate", "10", "--path", "no-slash"], "--path must start with /"),
     ]:
         p = run_tool([LOADGEN, *argv], timeout=10)
         assert p.returncode == 1 and msg in p.stderr and p.stdout == "", (argv, p.returncode, p.stderr)
+
+
+def test_loadgen_closed_loop_sends_when_idle(ringmux_factory, tmp_path):
+    """--closed on one connection: every request leaves after the previous
+    answer was in (each series row starts no earlier than the previous one
+    ended), nothing is unsent, and bytes match the bodies; on four
+    connections the counts add up the same way."""
+    rm = ringmux_factory(demo=True)
+    key = f"lgc-{uuid.uuid4().hex[:8]}"
+    url = rm.path_url("/mcp", key)
+    direct = httpx.post(url, content=ECHO_BODY, headers={"content-type": "application/json"},
+                        timeout=HTTP_TIMEOUT)
+    assert direct.status_code == 200, direct.text[:200]
+    body_len = len(direct.content)
+    path = f"/mcp?{KEY_PARAM}={key}"
+
+    series = tmp_path / "closed.txt"
+    r = loadgen(rm.port, path, None, 1, 1, body=ECHO_BODY, warmup=0.2, extra=["--series", series])
+    check_loadgen_report(r, rate=None, secs=1, conns=1, mode="full")
+    assert r["errors"] == 0 and r["timeouts"] == 0 and r["non_2xx"] == 0, r
+    assert r["scheduled"] == r["sent"] == r["completed"] > 0, r
+    assert r["warmup_sent"] > 0, r
+    assert r["bytes"] == body_len * r["completed"], (body_len, r)
+    rows = [(int(c[0]), float(c[1]), int(c[2])) for c in (ln.split() for ln in series.read_text().splitlines())]
+    assert len(rows) == r["sent"] and all(s == 200 for _, _, s in rows), rows[:3]
+    # Offsets are whole µs (truncated), latencies 0.1 µs: allow 2 µs of rounding.
+    overlaps = [(a, b) for a, b in zip(rows, rows[1:]) if b[0] + 2 < a[0] + a[1]]
+    assert not overlaps, f"a request left before the previous answer: {overlaps[:3]}"
+
+    r = loadgen(rm.port, path, None, 1, 4, body=ECHO_BODY, warmup=0.2)
+    check_loadgen_report(r, rate=None, secs=1, conns=4, mode="full")
+    assert r["errors"] == 0 and r["completed"] == r["sent"] > 0, r
+    assert r["bytes"] == body_len * r["completed"], (body_len, r)
+
+
+def test_loadgen_closed_loop_paces_failures():
+    """--closed against a server that closes every connection unanswered:
+    the failures are errors, and retries are paced (10 ms per connection)
+    instead of spinning: far fewer than a tight loop would make."""
+    bad = BadServer("close")
+    try:
+        r = loadgen(bad.port, "/", None, 1, 2, warmup=0)
+    finally:
+        bad.stop()
+    check_loadgen_report(r, rate=None, secs=1, conns=2, mode="full")
+    assert r["completed"] == 0 and r["errors"] == r["sent"] > 0, r
+    # Paced: at most one attempt per connection per 10 ms (plus the first).
+    assert r["errors"] <= 2 * (100 + 5), r
 
 
 def series_statuses(path: Path) -> list[int]:
@@ -730,3 +785,48 @@ def test_cleanup_stall_bench_runs_end_to_end(tmp_path):
         assert r["requests_in_span"] > 0
         assert len(res["idle"]["ringmux_s"]) == 1 and len(res["idle"]["rm_rf_s"]) == 1
     assert "| paced |" in p.stdout and "| full |" in p.stdout
+
+
+def test_hotpath_bench_runs_end_to_end(tmp_path):
+    """benches/hotpath.py, tiny (one repetition, 0.5 s windows): every target
+    (the child, ringmux unix/unix/tcp, nginx and HAProxy each with a TCP and a
+    Unix upstream) answered every window without an error, each proxy's own
+    CPU was measured, the tables and paired ratios are printed, and no
+    server it started is left running."""
+    out = tmp_path / "hot.json"
+    p = subprocess.run(
+        [str(PY), str(REPO / "benches" / "hotpath.py"), "--reps", "1", "--secs", "0.5", "--json", str(out)],
+        capture_output=True, text=True, timeout=200, cwd=str(REPO),
+        env={**os.environ, "PATH": os.environ.get("PATH", "") + ":/usr/sbin"},
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    d = json.loads(out.read_text())
+    targets = ["direct", "ringmux-unix", "ringmux-unix-b", "ringmux-tcp",
+               "nginx-tcp", "nginx-unix", "haproxy-tcp", "haproxy-unix"]
+    assert sorted(d["raw"]) == sorted(targets)
+    for name in targets:
+        (rep,) = d["raw"][name]
+        assert sorted(rep) == ["c1", "c32", "o8k"], rep
+        for w, row in rep.items():
+            assert row["rps"] > 0 and row["p50_us"] > 0, (name, w, row)
+            assert row["child_cpu_us"] > 0, (name, w, row)
+            if name == "direct":
+                assert row["proxy_cpu_us"] is None
+            else:
+                assert row["proxy_cpu_us"] > 0, (name, w, row)
+    ratios = d["summary"]["ratios"]
+    assert set(ratios) == {"c1_cpu", "c32_cpu", "o8k_cpu", "added_p50", "c32_rps"}
+    assert all(isinstance(ratios[m]["ringmux-unix vs best unix"]["median"], float) for m in ("o8k_cpu", "c32_rps"))
+    for name in targets:
+        assert f"| {name} |" in p.stdout, name
+    assert "| ringmux-unix vs best unix |" in p.stdout and "| A/A ringmux-unix-b vs ringmux-unix |" in p.stdout
+    left = [pid for pid in os.listdir("/proc") if pid.isdigit() and "ringmux-hotpath-" in _cmdline(pid)]
+    assert not left, f"servers left running: {[_cmdline(x) for x in left]}"
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
