@@ -41,6 +41,12 @@ pub struct DemoChildArgs {
     /// the chosen address is printed as `demo-child: listening on http://ADDR`.
     #[arg(long, value_name = "ADDR", conflicts_with = "fork_server")]
     pub listen: Option<SocketAddr>,
+    /// Also (or instead) serve a Unix-domain socket bound at PATH (an existing
+    /// socket file there is replaced; printed as `demo-child: listening on
+    /// unix:PATH`). With --listen too, one process serves both, so a proxy's
+    /// TCP and Unix upstreams reach the same child (benches/hotpath.py).
+    #[arg(long, value_name = "PATH", conflicts_with = "fork_server")]
+    pub listen_unix: Option<PathBuf>,
     /// Run as a fork server (the child of `serve --demo --fork`): build the
     /// warm state once, then fork a child per spawn request on the channel.
     #[arg(long)]

@@ -27,18 +27,14 @@ fn main() -> ExitCode {
             }
         },
         Command::DemoChild(args) => {
-            let listener = match args.listen {
-                None => child::sys::inherited_listener(),
-                Some(addr) => bind_demo_listener(addr),
-            };
-            let listener = match listener {
+            let listeners = match demo_listeners(&args) {
                 Ok(l) => l,
                 Err(e) => {
                     eprintln!("ringmux demo-child: {e}");
                     return ExitCode::from(2);
                 }
             };
-            match demo::serve(listener) {
+            match serve_all(listeners) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("ringmux demo-child: {e}");
@@ -76,6 +72,67 @@ fn init_logging() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
+}
+
+/// The demo child's listeners: its own (`--listen`, `--listen-unix`, or
+/// both), else the one its parent passed on fd 3.
+fn demo_listeners(args: &ringmux::cli::DemoChildArgs) -> std::io::Result<Vec<socket2::Socket>> {
+    let mut out = Vec::new();
+    if let Some(addr) = args.listen {
+        out.push(bind_demo_listener(addr)?);
+    }
+    if let Some(path) = &args.listen_unix {
+        out.push(bind_demo_unix(path)?);
+    }
+    if out.is_empty() {
+        out.push(child::sys::inherited_listener()?);
+    }
+    Ok(out)
+}
+
+/// Serves every listener, one accept thread each but the last (served on
+/// this thread); returns the first fatal accept error.
+fn serve_all(mut listeners: Vec<socket2::Socket>) -> std::io::Result<()> {
+    let Some(last) = listeners.pop() else {
+        return Ok(());
+    };
+    for l in listeners {
+        std::thread::Builder::new()
+            .name("demo-accept".into())
+            .spawn(move || {
+                if let Err(e) = demo::serve(l) {
+                    eprintln!("ringmux demo-child: {e}");
+                    std::process::exit(1);
+                }
+            })?;
+    }
+    demo::serve(last)
+}
+
+/// A standalone demo child's Unix listener (`demo-child --listen-unix`).
+/// A stale socket file at `path` is removed first; anything else there is
+/// an error (never deleted).
+fn bind_demo_unix(path: &std::path::Path) -> std::io::Result<socket2::Socket> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "--listen-unix {}: exists and is not a socket",
+                    path.display()
+                ),
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("--listen-unix {}: {e}", path.display()))
+    })?;
+    println!("demo-child: listening on unix:{}", path.display());
+    Ok(listener.into())
 }
 
 /// A standalone demo child's own listener (`demo-child --listen`), with

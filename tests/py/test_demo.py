@@ -71,3 +71,73 @@ def test_demo_write_files_then_close(demo):
     r = demo.close_key(key)
     assert (r.status_code, r.text) == (200, "closed")
     assert not os.path.exists(d)
+
+
+def _read_listen_lines(p, n, timeout=15):
+    """The first `n` `demo-child: listening on ...` lines of `p`'s stdout."""
+    import select
+    import time
+
+    lines, buf, end = [], b"", time.monotonic() + timeout
+    while len(lines) < n and time.monotonic() < end:
+        r, _, _ = select.select([p.stdout], [], [], 0.2)
+        if r:
+            chunk = os.read(p.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            buf += chunk
+            *done, buf = buf.split(b"\n")
+            lines += [d.decode() for d in done]
+    return lines
+
+
+def _call(client, url, name, args):
+    import httpx
+
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": args}}
+    r = client.post(url, json=body, headers={"accept": "application/json, text/event-stream"})
+    assert r.status_code == 200, r.text[:300]
+    return r.json()["result"]["content"][0]["text"]
+
+
+def test_demo_child_serves_tcp_and_unix_from_one_process(tmp_path):
+    """`demo-child --listen ADDR --listen-unix PATH` (what benches/hotpath.py
+    puts nginx's and HAProxy's two upstreams on): one process answers on
+    both, so state written over TCP is read back over the Unix socket; a
+    stale socket file is replaced, and any other file there is refused and
+    left alone."""
+    import json
+    import subprocess
+
+    import httpx
+
+    from conftest import RINGMUX_BIN
+
+    sock = tmp_path / "child.sock"
+    for attempt in range(2):  # the second start finds the first one's socket file
+        p = subprocess.Popen([str(RINGMUX_BIN), "demo-child", "--listen", "127.0.0.1:0", "--listen-unix", str(sock)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            lines = _read_listen_lines(p, 2)
+            assert len(lines) == 2, (lines, p.poll())
+            tcp = next(ln for ln in lines if "http://" in ln).split("http://")[1]
+            assert f"demo-child: listening on unix:{sock}" in lines, lines
+            value = f"v-{attempt}-{uuid.uuid4().hex[:6]}"
+            with httpx.Client(timeout=15) as c:
+                _call(c, f"http://{tcp}/mcp", "scratch_write", {"value": value})
+            with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=15) as u:
+                assert _call(u, "http://localhost/mcp", "scratch_read", {}) == value
+                assert json.loads(_call(u, "http://localhost/mcp", "whoami", {}))["pid"] == p.pid
+        finally:
+            p.kill()
+            p.wait(timeout=10)
+            p.stdout.close()
+            p.stderr.close()
+        assert sock.is_socket(), "the socket file stays after a kill: the next start must replace it"
+
+    sock.unlink()
+    sock.write_text("not a socket")
+    p = subprocess.run([str(RINGMUX_BIN), "demo-child", "--listen-unix", str(sock)],
+                       capture_output=True, text=True, timeout=15)
+    assert p.returncode == 2 and "exists and is not a socket" in p.stderr, (p.returncode, p.stderr)
+    assert sock.read_text() == "not a socket"
