@@ -17,6 +17,10 @@ Parts (see benches/RESULTS.md for a reading of the numbers):
    child, through ringmux, through nginx and through the Python original; one
    connection for added latency, 32 connections rising to saturation; 64 KiB
    responses; an SSE stream of 1,000 events (time to the last event).
+   2a (benches/hotpath.py): the hot path against nginx and HAProxy, each with
+   a TCP and a Unix-socket upstream to one child, and ringmux with
+   `--child-socket unix` and `tcp`: CPU per request first, closed loops on
+   1 and 32 connections, paired ratios with bootstrap intervals.
 3. Scale: first-request latency for a new key, open+close churn, and ringmux's
    RSS and fd count with many live children. 3b (benches/warm.py): a Python
    tool server with 200 MiB of warm state, exec per key vs `--fork` vs the
@@ -214,7 +218,7 @@ http {{
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
     upstream child {{
-        server 127.0.0.1:{upstream};
+        server {upstream};
         keepalive 128;
     }}
     server {{
@@ -236,12 +240,15 @@ http {{
 """
 
 
-def start_nginx(upstream_port, workdir, workers=2):
+def start_nginx(upstream_port, workdir, workers=2, upstream=None):
+    """nginx in front of 127.0.0.1:`upstream_port`, or of `upstream` as
+    nginx spells it (`unix:/path` for a Unix socket)."""
     os.makedirs(workdir, exist_ok=True)
     port = free_port()
     conf = os.path.join(workdir, "nginx.conf")
+    upstream = upstream or f"127.0.0.1:{upstream_port}"
     with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(workers=workers, dir=workdir, upstream=upstream_port, port=port))
+        f.write(NGINX_CONF.format(workers=workers, dir=workdir, upstream=upstream, port=port))
     p = subprocess.Popen(
         ["nginx", "-c", conf, "-p", workdir],
         stdout=subprocess.DEVNULL,
@@ -419,13 +426,14 @@ def probe(port, key, rate, secs, side_path=None, side_at_ms=0, series=None):
 
 
 def loadgen(port, path, rate, secs, conns, body=None, mode="full", warmup=0.5, cpu_of=None):
-    """Runs benches/loadgen.rs; with `cpu_of` (a Proc), also reports that
-    server's CPU time per completed request (`cpu_us_per_req`, warm-up
-    included in both counts)."""
+    """Runs benches/loadgen.rs (`rate=None`: closed loop, `--closed`); with
+    `cpu_of` (a Proc), also reports that server's CPU time per completed
+    request (`cpu_us_per_req`, warm-up included in both counts)."""
     pids = cpu_of.cpu_pids() if cpu_of else []
     c0 = cpu_seconds(pids)
     cmd = [
-        LOADGEN, "--addr", f"127.0.0.1:{port}", "--path", path, "--rate", str(rate),
+        LOADGEN, "--addr", f"127.0.0.1:{port}", "--path", path,
+        *(["--closed"] if rate is None else ["--rate", str(rate)]),
         "--secs", str(secs), "--conns", str(conns), "--mode", mode, "--warmup", str(warmup),
     ]
     if body is not None:
@@ -911,6 +919,10 @@ def tables(results):
                 f"{ng['one_conn']['added_p50_us']:.0f} µs (medians of {len(rm['one_conn_reps'])} paired repetitions); "
                 f"saturation ringmux / nginx = {rm['saturation_rps'] / ng['saturation_rps']:.2f}×.\n"
             )
+    if results.get("part2a"):
+        import hotpath  # see main()
+
+        out.append(hotpath.table(results["part2a"]))
     p3 = results.get("part3")
     if p3:
         out.append("### Part 3 — scale\n")
@@ -1046,6 +1058,7 @@ def main():
         py_rates=[100, 400, 1600] if q else [100, 200, 400, 800, 1600, 3200],
         blob_rate=200,
         reps=1 if q else 5,
+        hot_reps=1 if q else 5,
         sse_rate=10,
         first_n=10 if q else 50,
         churn_n=100 if q else 500,
@@ -1058,7 +1071,7 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     total = (
         (3 * cfg.p1_runs if 1 in parts else 0)
-        + (5 * cfg.reps + 3 * (2 + len(cfg.rates)) + 2 * len(cfg.py_rates) if 2 in parts else 0)
+        + (5 * cfg.reps + 3 * (2 + len(cfg.rates)) + 2 * len(cfg.py_rates) + 8 * cfg.hot_reps if 2 in parts else 0)
         + (7 + 12 if 3 in parts else 0)
     )
     prog = Progress(total)
@@ -1070,6 +1083,9 @@ def main():
         if 1 in parts:
             results["part1"] = part1(cfg, prog, a.out, workdir)
         if 2 in parts:
+            import hotpath  # part 2a; imported here because it imports this module
+
+            results["part2a"] = hotpath.part(cfg, prog)
             results["part2"] = part2(cfg, prog, workdir)
         if 3 in parts:
             results["part3"] = part3(cfg, prog, workdir)

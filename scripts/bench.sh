@@ -4,9 +4,10 @@
 # benches/results/.
 #   scripts/bench.sh            full run (~10 min on 2 cores)
 #   scripts/bench.sh --quick    one run per column, shorter windows (~2.5 min)
-#   scripts/bench.sh --parts 2  only part 2 (1: cleanup stall, 2: request path, 3: scale,
+#   scripts/bench.sh --parts 2  only part 2 (1: cleanup stall, 2: request path incl. 2a: the hot
+#                               path against nginx and HAProxy, TCP and Unix upstreams, 3: scale,
 #                               incl. 3b: a warm Python tool server, exec vs --fork vs the original)
-# Everything talks to 127.0.0.1 only. Needs root (or sudo) once, to install nginx.
+# Everything talks to 127.0.0.1 only. Needs root (or sudo) once, to install nginx and HAProxy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,12 +16,16 @@ say() { printf '==== %s\n' "$*" >&2; }
 say "building ringmux, the probe and the load generator (release)"
 cargo build --release --quiet --bin ringmux --example probe --example loadgen
 
-if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
-    say "installing nginx (Debian package nginx-light)"
+need=""
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need="$need nginx-light"
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need="$need haproxy"
+if [ -n "$need" ]; then
+    say "installing the peers (Debian packages:$need)"
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx-light >/dev/null
+    # shellcheck disable=SC2086  # $need is a list of package names
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $need >/dev/null
 fi
 export PATH="$PATH:/usr/sbin"
 
