@@ -9,8 +9,13 @@ connection at 200 req/s; ringmux's own CPU per request and its children's at
 median of the per-round ratios `b / a1` and `a2 / a1` with bootstrap 95 %
 intervals: a difference is real where B's interval clears the A/A one.
 
+With `--churn` the windows are instead a new connection per request
+(`Connection: close`, closed loop on 32 connections): throughput and CPU
+per request of ringmux and of its child, what connection setup and
+teardown cost.
+
 Usage: benches/ab.py --a OLD/ringmux --b NEW/ringmux [--rounds 9] [--secs 3]
-[--extra "ringmux flags"] [--json FILE]. To compare with an earlier commit:
+[--extra "ringmux flags"] [--churn] [--json FILE]. To compare with an earlier commit:
 `git worktree add /tmp/old <commit> && cargo build --release
 --manifest-path /tmp/old/Cargo.toml`. Loopback only; bounded loops.
 """
@@ -32,6 +37,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--secs", type=float, default=3.0)
     ap.add_argument("--extra", default="", help="ringmux flags for all three, space-separated")
+    ap.add_argument("--churn", action="store_true", help="a new connection per request")
     ap.add_argument("--json")
     a = ap.parse_args()
     if not (1 <= a.rounds <= 100 and 0.5 <= a.secs <= 60):
@@ -41,7 +47,7 @@ def main():
             sys.exit(f"not an executable: {b}")
     flags = a.extra.split()
     specs = [("a1", a.a, flags), ("a2", a.a, flags), ("b", a.b, flags)]
-    out = run(specs, a.rounds, a.secs, "a1", "b", "a2", seed=11)
+    out = run(specs, a.rounds, a.secs, "a1", "b", "a2", seed=11, churn=a.churn)
     out.update(a=a.a, b=a.b)
     if a.json:
         with open(a.json, "w") as f:

@@ -78,7 +78,23 @@ def measure(proc, path, secs):
             "proxy_cpu_us": (p1 - p0) * 1e6 / n, "child_cpu_us": (k1 - k0) * 1e6 / n}
 
 
-def compare(procs, rounds, secs, base, test, control, seed=7):
+def measure_churn(proc, path, secs):
+    """A new connection per request (`Connection: close`), closed loop on 32
+    connections: the same four figures as [`measure`], all from this one
+    window (`p50_us` then includes the connect, `sat_rps` is the closed
+    loop's throughput)."""
+    kids = [p for p in Tree(proc).cpu_pids() if p != proc.pid]
+    p0, k0 = h.cpu_seconds([proc.pid]), h.cpu_seconds(kids)
+    r = h.loadgen(proc.port, path, None, secs, 32, body=h.SMALL_BODY, extra=["--close"])
+    p1, k1 = h.cpu_seconds([proc.pid]), h.cpu_seconds(kids)
+    n = r["completed"] + r.get("warmup_sent", 0)
+    if r["errors"] or r["timeouts"] or not n:
+        raise RuntimeError(f"churn window: {r}")
+    return {"p50_us": r["p50_us"], "sat_rps": r["achieved_rps"],
+            "proxy_cpu_us": (p1 - p0) * 1e6 / n, "child_cpu_us": (k1 - k0) * 1e6 / n}
+
+
+def compare(procs, rounds, secs, base, test, control, seed=7, churn=False):
     """Warms one key on every instance in `procs` (name -> Proc), measures
     them `rounds` times in random order, prints each round and then the
     median ratios `test / base` and `control / base` (the A/A) with
@@ -94,7 +110,7 @@ def compare(procs, rounds, secs, base, test, control, seed=7):
         order = list(procs)
         rnd.shuffle(order)
         for n in order:
-            rows[n].append(measure(procs[n], path, secs))
+            rows[n].append((measure_churn if churn else measure)(procs[n], path, secs))
         print(f"round {r + 1}/{rounds}: " + ", ".join(
             f"{n} p50 {rows[n][-1]['p50_us']:.0f} µs, {rows[n][-1]['sat_rps']:.0f}/s, "
             f"CPU {rows[n][-1]['proxy_cpu_us']:.1f} + {rows[n][-1]['child_cpu_us']:.1f} µs" for n in procs),
@@ -115,7 +131,7 @@ def compare(procs, rounds, secs, base, test, control, seed=7):
     return out
 
 
-def run(specs, rounds, secs, base, test, control, json_path=None, seed=7):
+def run(specs, rounds, secs, base, test, control, json_path=None, seed=7, churn=False):
     """Starts one `ringmux serve --demo` per `(name, binary, flags)` in
     `specs`, runs [`compare`] on them, stops them, and writes the result to
     `json_path` if given."""
@@ -127,7 +143,7 @@ def run(specs, rounds, secs, base, test, control, json_path=None, seed=7):
             os.mkdir(dir_)
             h.RINGMUX = os.path.abspath(binary)
             procs[name] = h.start_ringmux(dir_, extra=tuple(flags))
-        out = compare(procs, rounds, secs, base, test, control, seed=seed)
+        out = compare(procs, rounds, secs, base, test, control, seed=seed, churn=churn)
     finally:
         for p in procs.values():
             p.stop()

@@ -425,7 +425,7 @@ def probe(port, key, rate, secs, side_path=None, side_at_ms=0, series=None):
     return json.loads(out.stdout)
 
 
-def loadgen(port, path, rate, secs, conns, body=None, mode="full", warmup=0.5, cpu_of=None):
+def loadgen(port, path, rate, secs, conns, body=None, mode="full", warmup=0.5, cpu_of=None, extra=()):
     """Runs benches/loadgen.rs (`rate=None`: closed loop, `--closed`); with
     `cpu_of` (a Proc), also reports that server's CPU time per completed
     request (`cpu_us_per_req`, warm-up included in both counts)."""
@@ -438,6 +438,7 @@ def loadgen(port, path, rate, secs, conns, body=None, mode="full", warmup=0.5, c
     ]
     if body is not None:
         cmd += ["--body", body]
+    cmd += list(extra)
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=secs + warmup + 120)
     r = json.loads(out.stdout)
     if cpu_of:

@@ -29,6 +29,10 @@
 //! recorded. A connection whose reconnect is refused waits 10 ms before it
 //! tries again.
 //!
+//! With `--close` every request carries `Connection: close`: the server
+//! closes after each answer and the next request on that connection opens a
+//! new one (counted in `reconnects`), for measuring connection churn.
+//!
 //! Connections are split across `--threads` event loops (connection `c` goes to
 //! thread `c % threads`), each an epoll set of non-blocking TCP_NODELAY sockets
 //! plus a timerfd armed for the next due request, so sends leave at their
@@ -86,7 +90,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 const USAGE: &str = "usage: loadgen --addr HOST:PORT (--rate R | --closed) [--secs S] [--path P] \
 [--method POST|GET] [--body STRING] [--conns N] [--threads T] [--warmup S] \
-[--mode full|sse] [--series FILE] [--timeout-ms MS]";
+[--mode full|sse] [--series FILE] [--timeout-ms MS] [--close]";
 
 /// How long requests on a connection fail fast after its reconnect failed.
 const CONNECT_BACKOFF: Duration = Duration::from_millis(10);
@@ -119,6 +123,7 @@ struct Args {
     series: Option<String>,
     timeout: Duration,
     closed: bool,
+    close: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -138,6 +143,7 @@ fn parse_args() -> Result<Args, String> {
         series: None,
         timeout: Duration::from_millis(10_000),
         closed: false,
+        close: false,
     };
     fn num<T: std::str::FromStr>(flag: &str, v: String) -> Result<T, String>
     where
@@ -152,6 +158,10 @@ fn parse_args() -> Result<Args, String> {
         }
         if flag == "--closed" {
             a.closed = true;
+            continue;
+        }
+        if flag == "--close" {
+            a.close = true;
             continue;
         }
         let v = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -226,6 +236,9 @@ fn build_request(a: &Args) -> Vec<u8> {
          Accept: application/json, text/event-stream\r\n",
         a.path, a.addr
     );
+    if a.close {
+        r.push_str("Connection: close\r\n");
+    }
     let body = a.body.as_deref().unwrap_or("");
     if a.body.is_some() || method == "POST" {
         r.push_str(&format!(

@@ -469,6 +469,20 @@ def test_loadgen_closed_loop_sends_when_idle(ringmux_factory, tmp_path):
     assert r["bytes"] == body_len * r["completed"], (body_len, r)
 
 
+def test_loadgen_close_opens_a_connection_per_request(ringmux_factory):
+    """--close: every request says `Connection: close`, ringmux closes after
+    the answer, and loadgen opens a new connection for the next one: about
+    as many reconnects as requests, none failed."""
+    rm = ringmux_factory(demo=True)
+    path = f"/mcp?{KEY_PARAM}=churn"
+    r = loadgen(rm.port, path, None, 1, 2, body=ECHO_BODY, warmup=0.2, extra=["--close"])
+    check_loadgen_report(r, rate=None, secs=1, conns=2, mode="full")
+    assert r["errors"] == 0 and r["timeouts"] == 0 and r["non_2xx"] == 0 and r["completed"] > 10, r
+    # The first request of each connection in the window may ride a
+    # connection opened during the warm-up; every other one needs its own.
+    assert r["completed"] - 2 <= r["reconnects"] <= r["completed"] + 2, r
+
+
 def test_loadgen_closed_loop_paces_failures():
     """--closed against a server that closes every connection unanswered:
     the failures are errors, and retries are paced (10 ms per connection)
