@@ -12,10 +12,13 @@ intervals: a difference is real where B's interval clears the A/A one.
 With `--churn` the windows are instead a new connection per request
 (`Connection: close`, closed loop on 32 connections): throughput and CPU
 per request of ringmux and of its child, what connection setup and
-teardown cost.
+teardown cost. With `--streams` they are the large-body and stream rows
+of the harness's Part 2: 64 KiB responses (p50 on one connection,
+throughput and ringmux CPU saturated on 32) and an SSE stream of 1,000
+events (p50 time to the last event).
 
 Usage: benches/ab.py --a OLD/ringmux --b NEW/ringmux [--rounds 9] [--secs 3]
-[--extra "ringmux flags"] [--churn] [--json FILE]. To compare with an earlier commit:
+[--extra "ringmux flags"] [--churn | --streams] [--json FILE]. To compare with an earlier commit:
 `git worktree add /tmp/old <commit> && cargo build --release
 --manifest-path /tmp/old/Cargo.toml`. Loopback only; bounded loops.
 """
@@ -38,6 +41,7 @@ def main():
     ap.add_argument("--secs", type=float, default=3.0)
     ap.add_argument("--extra", default="", help="ringmux flags for all three, space-separated")
     ap.add_argument("--churn", action="store_true", help="a new connection per request")
+    ap.add_argument("--streams", action="store_true", help="64 KiB responses and an SSE stream")
     ap.add_argument("--json")
     a = ap.parse_args()
     if not (1 <= a.rounds <= 100 and 0.5 <= a.secs <= 60):
@@ -47,7 +51,10 @@ def main():
             sys.exit(f"not an executable: {b}")
     flags = a.extra.split()
     specs = [("a1", a.a, flags), ("a2", a.a, flags), ("b", a.b, flags)]
-    out = run(specs, a.rounds, a.secs, "a1", "b", "a2", seed=11, churn=a.churn)
+    if a.churn and a.streams:
+        sys.exit("--churn and --streams exclude each other")
+    mode = "churn" if a.churn else "streams" if a.streams else "request"
+    out = run(specs, a.rounds, a.secs, "a1", "b", "a2", seed=11, mode=mode)
     out.update(a=a.a, b=a.b)
     if a.json:
         with open(a.json, "w") as f:

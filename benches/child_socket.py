@@ -94,7 +94,33 @@ def measure_churn(proc, path, secs):
             "proxy_cpu_us": (p1 - p0) * 1e6 / n, "child_cpu_us": (k1 - k0) * 1e6 / n}
 
 
-def compare(procs, rounds, secs, base, test, control, seed=7, churn=False):
+STREAM_METRICS = ("blob_p50_us", "blob_sat_rps", "blob_proxy_cpu_us", "sse_last_event_p50_us")
+
+
+def measure_streams(proc, path, secs):
+    """The large-body and stream rows of the harness's Part 2: 64 KiB
+    responses on one connection at 200 req/s (p50) and saturated on 32
+    (throughput, ringmux CPU per response), and an SSE stream of 1,000 events
+    at 10 streams/s (p50 time to the last event)."""
+    key = path.split("=", 1)[1]
+    blob = f"/blob?bytes=65536&{h.KEY}={key}"
+    one = h.loadgen(proc.port, blob, 200, secs, 1)
+    p0 = h.cpu_seconds([proc.pid])
+    sat = h.loadgen(proc.port, blob, 200_000, secs, 32)
+    n = sat["completed"] + sat.get("warmup_sent", 0)
+    p1 = h.cpu_seconds([proc.pid])
+    sse = h.loadgen(proc.port, f"/sse?n=1000&interval_ms=0&{h.KEY}={key}", 10, secs, 1, mode="sse")
+    errors = one["errors"] + sat["errors"] + sse["errors"]
+    if errors or not n or sse["events"] != 1000 * sse["completed"]:
+        raise RuntimeError(f"{errors} errors, {n} saturated responses, {sse['events']} events")
+    return {"blob_p50_us": one["p50_us"], "blob_sat_rps": sat["achieved_rps"],
+            "blob_proxy_cpu_us": (p1 - p0) * 1e6 / n, "sse_last_event_p50_us": sse["p50_us"]}
+
+
+MODES = {"request": (measure, METRICS), "churn": (measure_churn, METRICS), "streams": (measure_streams, STREAM_METRICS)}
+
+
+def compare(procs, rounds, secs, base, test, control, seed=7, mode="request"):
     """Warms one key on every instance in `procs` (name -> Proc), measures
     them `rounds` times in random order, prints each round and then the
     median ratios `test / base` and `control / base` (the A/A) with
@@ -105,20 +131,19 @@ def compare(procs, rounds, secs, base, test, control, seed=7, churn=False):
         for _ in range(3):
             h.call(p.port, key, "echo", {"text": "warm"})
     rows = {n: [] for n in procs}
+    fn, metrics = MODES[mode]
     rnd = random.Random(seed)
     for r in range(rounds):
         order = list(procs)
         rnd.shuffle(order)
         for n in order:
-            rows[n].append((measure_churn if churn else measure)(procs[n], path, secs))
-        print(f"round {r + 1}/{rounds}: " + ", ".join(
-            f"{n} p50 {rows[n][-1]['p50_us']:.0f} µs, {rows[n][-1]['sat_rps']:.0f}/s, "
-            f"CPU {rows[n][-1]['proxy_cpu_us']:.1f} + {rows[n][-1]['child_cpu_us']:.1f} µs" for n in procs),
-            flush=True)
+            rows[n].append(fn(procs[n], path, secs))
+        print(f"round {r + 1}/{rounds}: " + "; ".join(
+            f"{n} " + " ".join(f"{m} {rows[n][-1][m]:.1f}" for m in metrics) for n in procs), flush=True)
     out = {"rounds": rounds, "secs": secs, "raw": rows, "ratios": {}}
     print(f"\nmedian of {rounds} rounds (ratio to {base}, bootstrap 95 % interval)")
-    print(f"{'metric':<16} {base:>10} {test + '/' + base:>24} {'A/A ' + control + '/' + base:>24}")
-    for m in METRICS:
+    print(f"{'metric':<22} {base:>10} {test + '/' + base:>24} {'A/A ' + control + '/' + base:>24}")
+    for m in metrics:
         ref = [x[m] for x in rows[base]]
         res = {}
         for n in (test, control):
@@ -127,11 +152,11 @@ def compare(procs, rounds, secs, base, test, control, seed=7, churn=False):
             res[n] = {"median": h.med(ratios), "ci95": [lo, hi]}
         out["ratios"][m] = res
         cell = lambda r: f"{r['median']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]"  # noqa: E731
-        print(f"{m:<16} {h.med(ref):>10.1f} {cell(res[test]):>24} {cell(res[control]):>24}")
+        print(f"{m:<22} {h.med(ref):>10.1f} {cell(res[test]):>24} {cell(res[control]):>24}")
     return out
 
 
-def run(specs, rounds, secs, base, test, control, json_path=None, seed=7, churn=False):
+def run(specs, rounds, secs, base, test, control, json_path=None, seed=7, mode="request"):
     """Starts one `ringmux serve --demo` per `(name, binary, flags)` in
     `specs`, runs [`compare`] on them, stops them, and writes the result to
     `json_path` if given."""
@@ -143,7 +168,7 @@ def run(specs, rounds, secs, base, test, control, json_path=None, seed=7, churn=
             os.mkdir(dir_)
             h.RINGMUX = os.path.abspath(binary)
             procs[name] = h.start_ringmux(dir_, extra=tuple(flags))
-        out = compare(procs, rounds, secs, base, test, control, seed=seed, churn=churn)
+        out = compare(procs, rounds, secs, base, test, control, seed=seed, mode=mode)
     finally:
         for p in procs.values():
             p.stop()
