@@ -171,7 +171,8 @@ def start_all(work, procs):
     os.chmod(work, 0o711)
     os.chmod(sock, 0o666)
     child = procs["direct"]
-    for name, flags in (("ringmux-unix", ()), ("ringmux-unix-b", ()), ("ringmux-tcp", ("--child-socket", "tcp"))):
+    for name, flags in (("ringmux-unix", ("--child-socket", "unix")), ("ringmux-unix-b", ("--child-socket", "unix")),
+                        ("ringmux-tcp", ("--child-socket", "tcp"))):
         base = os.path.join(work, name)
         os.mkdir(base)
         procs[name] = h.start_ringmux(base, extra=flags)

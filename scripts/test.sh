@@ -31,9 +31,9 @@ export RINGMUX_BIN="${RINGMUX_BIN:-$PWD/target/release/ringmux}"
 # shellcheck disable=SC2086
 .venv/bin/python -m pytest -q -p no:cacheprovider tests/py ${PYTEST_ARGS:-}
 
-section "integration tests again with --cgroup off (the process-group fallback) and --child-socket tcp"
+section "integration tests again with --cgroup off (the process-group fallback) and --child-socket unix"
 # shellcheck disable=SC2086
-RINGMUX_TEST_ARGS="--cgroup off --child-socket tcp" .venv/bin/python -m pytest -q -p no:cacheprovider tests/py \
+RINGMUX_TEST_ARGS="--cgroup off --child-socket unix" .venv/bin/python -m pytest -q -p no:cacheprovider tests/py \
     --ignore tests/py/test_cgroups.py --ignore tests/py/test_cgroup_limits.py ${PYTEST_ARGS:-}
 
 section "MCP conformance suite (scripts/conformance.sh)"

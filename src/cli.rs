@@ -242,10 +242,11 @@ pub struct ServeArgs {
     #[arg(long, conflicts_with = "command")]
     pub demo: bool,
 
-    /// What each child listens on (its fd 3, already listening):
-    /// `unix`, an abstract Unix-domain socket (RINGMUX_CHILD_ADDR=@NAME;
-    /// requests carry `Host: localhost:0`), or `tcp`, 127.0.0.1 on an
-    /// ephemeral port (RINGMUX_CHILD_ADDR=127.0.0.1:PORT, `Host` the same).
+    /// What each child listens on (its fd 3, already listening): `tcp`,
+    /// 127.0.0.1 on an ephemeral port (RINGMUX_CHILD_ADDR=127.0.0.1:PORT,
+    /// `Host` the same), or `unix`, an abstract Unix-domain socket
+    /// (RINGMUX_CHILD_ADDR=@NAME; requests carry `Host: localhost:0`), which
+    /// takes no ports but streams of small writes cross it more slowly.
     /// `uvicorn --fd 3` serves either. See README, "The child contract".
     #[arg(long, value_enum, default_value_t = crate::child::socket::DEFAULT_CHILD_SOCKET,
           value_name = "unix|tcp")]

@@ -31,8 +31,12 @@ pub const CHILD_BACKLOG: i32 = 1024;
 /// `localhost`); there is no port behind it.
 pub const UNIX_HOST: &str = "localhost:0";
 
-/// `--child-socket` when not given.
-pub const DEFAULT_CHILD_SOCKET: ChildSocket = ChildSocket::Unix;
+/// `--child-socket` when not given: TCP. Measured against Unix sockets
+/// (benches/RESULTS.md, Part 2b): level on small requests, but a stream of
+/// small writes (the SSE row, 1,000 events) takes 1.7x as long over a Unix
+/// socket, which wakes the reader once per write where loopback TCP
+/// batches them.
+pub const DEFAULT_CHILD_SOCKET: ChildSocket = ChildSocket::Tcp;
 
 /// Which kind of socket children listen on (`--child-socket`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -413,11 +413,11 @@ class Ringmux:
 
     def child_socket(self) -> str:
         """The --child-socket this instance runs with (its own flag, else
-        RINGMUX_TEST_ARGS's, else ringmux's default, unix)."""
+        RINGMUX_TEST_ARGS's, else ringmux's default, tcp)."""
         for args in (list(self.args), shlex.split(os.environ.get("RINGMUX_TEST_ARGS", ""))):
             if "--child-socket" in args:
                 return args[args.index("--child-socket") + 1]
-        return "unix"
+        return "tcp"
 
     def expected_child_host(self, child_addr: str) -> str:
         """The Host ringmux forwards to a child at `child_addr`

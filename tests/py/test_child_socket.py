@@ -3,9 +3,9 @@ and that an official-SDK server (DNS-rebinding protection on, as MCPServer
 sets it for loopback) accepts that Host; and that no socket outlives its
 rollout.
 
-The whole suite runs with ringmux's default (unix) in its first pass and with
-`--child-socket tcp` in its second (scripts/test.sh); this module pins each
-kind explicitly."""
+The whole suite runs with ringmux's default (tcp) in its first pass and with
+`--child-socket unix` in its second (scripts/test.sh); this module pins each
+kind explicitly, and checks the default without the test passes' flags."""
 
 from __future__ import annotations
 
@@ -124,6 +124,45 @@ def test_unix_sockets_vanish_with_their_rollouts(ringmux_factory):
     wait_until(lambda: len(set(unix_names(prefix))) == 2, 10, what="the closed rollout's socket to go")
     assert rm.stop() == 0
     assert unix_names(prefix) == []
+
+
+def test_the_default_is_tcp(tmp_path):
+    """Without --child-socket (and without the test passes' extra flags) a
+    child gets a TCP socket on 127.0.0.1 (the default chosen from the SSE
+    row of benches/RESULTS.md, Part 2b)."""
+    import re
+
+    import httpx
+
+    from conftest import children_of
+
+    p = subprocess.Popen([str(RINGMUX_BIN), "serve", "--demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+                          "--base-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        port = None
+        for _ in range(50):
+            line = p.stdout.readline()
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+            if m:
+                port = int(m.group(1))
+                break
+        assert port, "ringmux did not print its address"
+        r = httpx.post(f"http://127.0.0.1:{port}/mcp?vf_state_secret=d", content=INIT,
+                       headers={"content-type": "application/json", "accept": "application/json, text/event-stream"},
+                       timeout=15)
+        assert r.status_code == 200, r.text[:200]
+        (child,) = children_of(p.pid)
+        kind, addr = fd3_socket(child)
+        assert kind == "tcp" and addr.startswith("127.0.0.1:"), (kind, addr)
+    finally:
+        p.terminate()  # a clean shutdown: children, cgroups and directories go
+        try:
+            assert p.wait(timeout=30) == 0
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+            p.stdout.close()
 
 
 def test_a_bad_child_socket_kind_is_a_flag_error():
