@@ -99,6 +99,14 @@ pub struct ServeArgs {
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub ready_timeout: Duration,
 
+    /// Longest drain. A drain (SIGUSR1, or `POST /drain` on the admin
+    /// listener) refuses new keys with 503 + Retry-After and makes /readyz
+    /// answer 503, keeps serving and closing the live rollouts, and exits 0
+    /// when the last is closed; at this timeout it stops as on SIGTERM
+    /// (the rollouts still live lose their children).
+    #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
+    pub drain_timeout: Duration,
+
     /// Most live children at once; a request for a new key beyond it gets
     /// `503` with `Retry-After` (existing keys are unaffected).
     #[arg(long, default_value_t = 4096, value_name = "N")]
@@ -399,5 +407,6 @@ mod tests {
         assert_eq!(a.key_param, "vf_state_secret");
         assert_eq!(a.close_path, "/vf/close");
         assert_eq!(a.ready_timeout, Duration::from_secs(30));
+        assert_eq!(a.drain_timeout, Duration::from_secs(600));
     }
 }

@@ -33,6 +33,8 @@ pub struct Config {
     pub close_path: String,
     /// Deadline for a new child's first response.
     pub ready_timeout: Duration,
+    /// Longest drain before it stops as on SIGTERM.
+    pub drain_timeout: Duration,
     /// Most live children.
     pub max_children: usize,
     /// The child.
@@ -157,6 +159,7 @@ impl Config {
             key_param: args.key_param,
             close_path: args.close_path,
             ready_timeout: args.ready_timeout,
+            drain_timeout: args.drain_timeout,
             max_children: args.max_children,
             child,
             fork: args

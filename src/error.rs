@@ -143,6 +143,9 @@ pub enum ProxyError {
     /// ringmux side: shutting down.
     #[error("shutting down")]
     ShuttingDown,
+    /// ringmux side: draining (SIGUSR1 or `POST /drain`): no new keys.
+    #[error("draining: this instance takes no new rollouts")]
+    Draining,
 }
 
 impl ProxyError {
@@ -162,6 +165,7 @@ impl ProxyError {
             | ProxyError::ResponseTimeout => 504,
             ProxyError::AtCapacity
             | ProxyError::ShuttingDown
+            | ProxyError::Draining
             | ProxyError::ForkServerUnavailable(_) => 503,
         }
     }
@@ -180,9 +184,10 @@ impl ProxyError {
             ProxyError::ForkServerUnavailable(_)
             | ProxyError::ForkFailed(_)
             | ProxyError::ForkServerTimeout => FailedSide::ForkServer,
-            ProxyError::SpawnFailed(_) | ProxyError::AtCapacity | ProxyError::ShuttingDown => {
-                FailedSide::Ringmux
-            }
+            ProxyError::SpawnFailed(_)
+            | ProxyError::AtCapacity
+            | ProxyError::ShuttingDown
+            | ProxyError::Draining => FailedSide::Ringmux,
         }
     }
 
@@ -243,6 +248,10 @@ mod tests {
         let r = String::from_utf8(ProxyError::AtCapacity.response(false)).expect("utf8");
         assert!(r.starts_with("HTTP/1.1 503"));
         assert!(r.to_ascii_lowercase().contains("retry-after: 1"));
+        let r = String::from_utf8(ProxyError::Draining.response(false)).expect("utf8");
+        assert!(r.starts_with("HTTP/1.1 503"));
+        assert!(r.to_ascii_lowercase().contains("retry-after: 1"));
+        assert_eq!(ProxyError::Draining.side(), FailedSide::Ringmux);
         let r = String::from_utf8(ProxyError::ChildClosed.response(true)).expect("utf8");
         assert!(r.starts_with("HTTP/1.1 502"));
         assert!(r.to_ascii_lowercase().contains("connection: close"));

@@ -17,6 +17,7 @@ mod control;
 mod dataplane;
 pub mod demo;
 mod error;
+mod lifecycle;
 pub use ringmux_http as http;
 mod metrics;
 mod msg;

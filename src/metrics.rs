@@ -184,6 +184,9 @@ pub struct Metrics {
     pub spawn_failures: AtomicU64,
     /// Live children.
     pub live_children: AtomicU64,
+    /// The instance is draining (src/lifecycle.rs): new keys are refused and
+    /// `/readyz` answers 503.
+    pub draining: std::sync::atomic::AtomicBool,
     exits: [AtomicU64; 6],
     /// Directory cleanups running.
     pub cleanups_in_flight: AtomicU64,
@@ -240,6 +243,7 @@ impl Metrics {
             spawns: AtomicU64::new(0),
             spawn_failures: AtomicU64::new(0),
             live_children: AtomicU64::new(0),
+            draining: std::sync::atomic::AtomicBool::new(false),
             exits: Default::default(),
             cleanups_in_flight: AtomicU64::new(0),
             cleanup_errors: AtomicU64::new(0),
@@ -346,6 +350,11 @@ impl Metrics {
             o,
             "# HELP ringmux_live_children Children currently running.\n# TYPE ringmux_live_children gauge\nringmux_live_children {}",
             self.live_children.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP ringmux_draining 1 while the instance drains (SIGUSR1 or POST /drain): new keys get 503.\n# TYPE ringmux_draining gauge\nringmux_draining {}",
+            u8::from(self.draining.load(Relaxed))
         );
         let _ = writeln!(
             o,

@@ -36,6 +36,13 @@ pub enum ToControl {
         /// Echoed back in the answer.
         token: u64,
     },
+    /// Begin a drain: refuse new keys (the shared draining flag is set
+    /// already) and send [`crate::lifecycle::Event::Drained`] on `notify`
+    /// once no key has a child or a directory.
+    Drain {
+        /// Where to say the drain is done.
+        notify: mpsc::Sender<crate::lifecycle::Event>,
+    },
     /// Kill every child, remove every directory, then send on `done`.
     Shutdown {
         /// Completion signal.

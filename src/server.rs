@@ -1,7 +1,8 @@
 //! Starting and stopping an instance: the private instance directory (locked
 //! with `flock` so a later instance can tell a dead owner from a live one), the
 //! per-worker `SO_REUSEPORT` listeners, the control thread and the worker
-//! threads, and the orderly shutdown on SIGTERM/SIGINT.
+//! threads, and the orderly shutdown on SIGTERM/SIGINT or at the end of a
+//! drain (src/lifecycle.rs).
 
 use std::fs;
 use std::io::Write;
@@ -12,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::admin;
@@ -21,6 +21,7 @@ use crate::child::{ExecSpawner, Spawner};
 use crate::config::{ChildCommand, Config};
 use crate::control::{Control, ControlConfig, ForkServerConfig, Maker};
 use crate::dataplane::{Worker, WorkerSetup};
+use crate::lifecycle::{self, End, Event};
 use crate::metrics::Metrics;
 use crate::msg::{mailbox, ToControl, ToWorker};
 
@@ -112,10 +113,10 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         worker_rx.push(rx);
     }
 
-    // Signals are handled by a dedicated iterator thread; register before any
-    // other thread starts so none of them sees the default disposition.
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(setup("signals"))?;
+    // Signals are handled by a dedicated thread; register before any other
+    // thread starts so none of them sees the default disposition.
+    let signals = lifecycle::signals().map_err(setup("signals"))?;
+    let (life_tx, life_rx) = mpsc::channel::<Event>();
 
     let ctl_cfg = ControlConfig {
         instance_dir: instance_dir.clone(),
@@ -225,6 +226,7 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         Some(l) => {
             let a = l.local_addr().ok();
             let m = Arc::clone(&metrics);
+            let drain = life_tx.clone();
             // The same DNS-rebinding rules: a page must not read pids and key
             // hashes off a loopback admin listener either.
             let policy = cfg
@@ -232,7 +234,7 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
                 .for_listener(a.is_some_and(|a| a.ip().is_loopback()));
             std::thread::Builder::new()
                 .name("ringmux-admin".into())
-                .spawn(move || admin::serve(l, m, policy))
+                .spawn(move || admin::serve(l, m, policy, drain))
                 .map_err(setup("admin thread"))?;
             a
         }
@@ -250,8 +252,17 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
     let _ = out.flush();
     drop(out);
 
-    let sig = signals.forever().next();
-    tracing::info!(signal = ?sig, "signal received: shutting down");
+    lifecycle::forward_signals(signals, life_tx.clone()).map_err(setup("signal thread"))?;
+    match lifecycle::wait_for_end(&life_rx, &life_tx, &ctl_tx, &metrics, cfg.drain_timeout) {
+        End::Signal(sig) => tracing::info!(signal = sig, "signal received: shutting down"),
+        End::Drained => tracing::info!("drain finished: shutting down"),
+        End::DrainTimeout => tracing::warn!(
+            live_children = metrics
+                .live_children
+                .load(std::sync::atomic::Ordering::Relaxed),
+            "drain timeout: shutting down with rollouts still live"
+        ),
+    }
     for w in &worker_tx {
         let _ = w.send(ToWorker::Shutdown);
     }

@@ -139,6 +139,10 @@ impl Control {
                 acquirers.add(worker, query);
             }
             None => {
+                if self.metrics.draining.load(Relaxed) {
+                    self.fail(key, [worker], &ProxyError::Draining);
+                    return;
+                }
                 if self.at_capacity() {
                     self.metrics.at_capacity.fetch_add(1, Relaxed);
                     tracing::warn!(

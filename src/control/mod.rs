@@ -146,6 +146,8 @@ pub struct Control {
     next_child_id: u64,
     live: usize,
     shutdown: Option<mpsc::Sender<()>>,
+    /// During a drain: where to say that the last key is gone.
+    drain: Option<mpsc::Sender<crate::lifecycle::Event>>,
     metrics: Arc<Metrics>,
     /// Addresses of children whose exit has not been processed yet.
     addrs: HashSet<crate::child::socket::ChildAddr>,
@@ -242,6 +244,7 @@ impl Control {
             next_child_id: 1,
             live: 0,
             shutdown: None,
+            drain: None,
         })
     }
 
@@ -319,6 +322,7 @@ impl Control {
                             self.trash_second();
                         }
                         self.check_draining_cgroups();
+                        self.check_drained();
                         let requests = self.load().requests;
                         self.pacer.observe(now, requests);
                         tick_armed = false;
@@ -418,6 +422,18 @@ impl Control {
                 ToControl::Acquire { key, worker, query } => self.acquire(key, worker, query),
                 ToControl::Close { key, worker, token } => self.close(key, worker, token),
                 ToControl::Shutdown { done } => self.begin_shutdown(done),
+                ToControl::Drain { notify } => self.drain = Some(notify),
+            }
+        }
+    }
+
+    /// During a drain: once no key has a child, a start or a directory
+    /// left, says so (once).
+    fn check_drained(&mut self) {
+        if self.drain.is_some() && self.keys.is_empty() {
+            if let Some(tx) = self.drain.take() {
+                tracing::info!("drained: the last rollout is closed");
+                let _ = tx.send(crate::lifecycle::Event::Drained);
             }
         }
     }

@@ -177,6 +177,25 @@ impl Worker {
 
     pub(super) fn on_request_head(&mut self, r: Ref, head: RequestHead) {
         self.metrics.workers[self.id].requests.fetch_add(1, Relaxed);
+        let key_val = head.query_param(&self.key_param);
+        // A balancer's health checks (`/healthz`, `/readyz` without a key)
+        // are ringmux's own, and answer whatever Host they carry; with a key
+        // the path is the rollout's and goes to its child.
+        if key_val.is_none() {
+            let (method, path) = (head.method(), head.path());
+            if crate::admin::health_response(method, path, &self.metrics, true).is_some() {
+                self.clients[r.0].keep_alive = head.keep_alive;
+                if has_body(&head) {
+                    // Not worth reading: answer and close.
+                    self.clients[r.0].keep_alive = false;
+                }
+                let m = Arc::clone(&self.metrics);
+                self.answer_now(r, false, |close| {
+                    crate::admin::health_response(method, path, &m, close).unwrap_or_default()
+                });
+                return;
+            }
+        }
         // DNS-rebinding protection comes first: a refused request neither
         // starts a child nor closes a rollout.
         if let Err(why) = self.origin.check(&head.origin_headers()) {
@@ -198,7 +217,6 @@ impl Worker {
                 return;
             }
         }
-        let key_val = head.query_param(&self.key_param);
         let key = RouteKey::from_key(key_val.as_deref());
         let cl = &mut self.clients[r.0];
         cl.keep_alive = head.keep_alive;

@@ -15,6 +15,19 @@ impl Worker {
         self.metrics.workers[self.id]
             .proxy_errors
             .fetch_add(1, Relaxed);
+        let bad = matches!(err, ProxyError::BadRequest(_));
+        self.answer_now(r, bad, |close| err.response(close));
+    }
+
+    /// Answers the current request of `r` with what `build(close)` makes,
+    /// closing after it if the client asked, if a request body is left
+    /// unread, or if `force_close`.
+    pub(super) fn answer_now(
+        &mut self,
+        r: Ref,
+        force_close: bool,
+        build: impl FnOnce(bool) -> Vec<u8>,
+    ) {
         let Some(cl) = self.clients.get_mut(r.0) else {
             return;
         };
@@ -23,9 +36,9 @@ impl Worker {
             Phase::Proxy { body, .. } | Phase::Closing { body, .. } => !body.is_done(),
             Phase::Head => false,
         };
-        let close = !cl.keep_alive || unread_body || matches!(err, ProxyError::BadRequest(_));
+        let close = !cl.keep_alive || unread_body || force_close;
         cl.phase = Phase::Head;
-        cl.out.push(Seg::owned(err.response(close)));
+        cl.out.push(Seg::owned(build(close)));
         if close {
             cl.close_after_flush = true;
             cl.pending.clear();
