@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import RINGMUX_BIN, pid_alive, wait_until
+from conftest import PY, RINGMUX_BIN, pid_alive, wait_until
 
 
 def cgroup2_mount() -> str | None:
@@ -218,15 +218,30 @@ def test_the_demo_fork_servers_children_are_born_in_their_cgroup(ringmux_factory
 
 def test_closed_rollouts_cpu_is_accounted(ringmux_factory):
     """ringmux_rollout_cpu_seconds: the CPU of everything a rollout ran (here
-    a busy loop beside the server), read from its cgroup's cpu.stat."""
-    burn = 'timeout 0.5 sh -c "while :; do :; done" &'
+    a busy loop beside the server), read from its cgroup's cpu.stat. The loop
+    runs until it has used 0.5 s of CPU (not of wall time: on a loaded
+    machine a wall-clock loop gets less), and the close waits for it."""
+    tag = f"burn-{random.getrandbits(40)}"
+    burn = f'{PY} -c "import time\nwhile time.process_time() < 0.5: pass" {tag} &'
     rm = ringmux_factory(cmd=["sh", "-c", f"{burn} exec {RINGMUX_BIN} demo-child"],
                          args=["--cgroup", "required", "--admin", "127.0.0.1:0"])
     assert demo(rm, "busy").status_code == 200
-    time.sleep(0.8)
+
+    def burning():
+        for name in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    # The loop itself (ringmux's own argv holds the tag too).
+                    if f.read().split(b"\0")[-2:-1] == [tag.encode()]:
+                        return True
+            except OSError:
+                pass
+        return False
+
+    wait_until(lambda: not burning(), 60, what="the busy loop to use its 0.5 s of CPU")
     assert rm.close_key("busy").text == "closed"
     assert rm.metric("ringmux_rollout_cpu_seconds_count") == 1
-    assert 0.3 < rm.metric("ringmux_rollout_cpu_seconds_sum") < 5
+    assert 0.5 <= rm.metric("ringmux_rollout_cpu_seconds_sum") < 5
     rm.stop()
 
 
