@@ -844,3 +844,20 @@ def _cmdline(pid: str) -> str:
             return f.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_bench_sh_help_prints_usage_without_building(tmp_path):
+    """`scripts/bench.sh --help` prints its usage and exits 0 at once: no
+    build, no install (a `cargo` that fails on the PATH proves it)."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for tool in ("cargo", "apt-get"):
+        (fake / tool).write_text("#!/bin/sh\necho called >&2\nexit 99\n")
+        (fake / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ.get('PATH', '')}"}
+    for flag in ("--help", "-h"):
+        p = subprocess.run(["bash", str(REPO / "scripts" / "bench.sh"), flag], capture_output=True, text=True,
+                           timeout=30, env=env)
+        assert p.returncode == 0 and "called" not in p.stderr, (p.returncode, p.stderr)
+        assert "scripts/bench.sh --quick" in p.stdout and "--parts" in p.stdout, p.stdout
+        assert not p.stdout.lstrip().startswith("#"), "the comment markers are stripped"
