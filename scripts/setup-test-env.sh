@@ -30,7 +30,7 @@ fi
 # from this checkout), so a change to either reinstalls.
 want="$(cat "$REQ" python/pyproject.toml python/ringmux_fork/*.py | sha256sum | cut -d' ' -f1)"
 have="$(cat "$STAMP" 2>/dev/null || true)"
-if [ "$want" != "$have" ] || ! .venv/bin/python -c 'import pytest, httpx, mcp, uvicorn, starlette, ringmux_fork' 2>/dev/null; then
+if [ "$want" != "$have" ] || ! .venv/bin/python -c 'import pytest, httpx, mcp, uvicorn, starlette, yaml, ringmux_fork' 2>/dev/null; then
     echo "setup-test-env: installing $REQ"
     .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
     .venv/bin/python -m pip install -q --disable-pip-version-check -r "$REQ"

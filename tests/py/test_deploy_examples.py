@@ -47,3 +47,50 @@ def test_the_units_command_line_is_one_ringmux_accepts(tmp_path):
     serve = argv[: argv.index("--")]
     p = subprocess.run(serve + ["--help"], capture_output=True, text=True, timeout=20)
     assert p.returncode == 0, p.stderr
+
+
+K8S = REPO / "deploy" / "kubernetes"
+
+
+def test_the_kubernetes_example_is_consistent():
+    """deploy/kubernetes: not run on a cluster (none here), so what can be
+    checked is: the manifests parse, the container's command line is one
+    ringmux accepts, the probes hit ringmux's health paths on its admin
+    port, the preStop hook drains (SIGUSR1) and waits, the grace period
+    covers --drain-timeout, and Envoy hashes on the key parameter and
+    retries 503 on another host."""
+    import yaml
+
+    docs = list(yaml.safe_load_all((K8S / "ringmux.yaml").read_text()))
+    ds = next(d for d in docs if d["kind"] == "DaemonSet")
+    svc = next(d for d in docs if d["kind"] == "Service")
+    pod = ds["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    argv = c["command"]
+    assert argv[0].endswith("ringmux") and argv[1] == "serve"
+    serve = [str(RINGMUX_BIN)] + argv[1:argv.index("--")]
+    p = subprocess.run(serve + ["--help"], capture_output=True, text=True, timeout=20)
+    assert p.returncode == 0, p.stderr
+    admin = argv[argv.index("--admin") + 1]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports["admin"] == int(admin.rsplit(":", 1)[1])
+    assert ports["mcp"] == int(argv[argv.index("--listen") + 1].rsplit(":", 1)[1])
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    hook = " ".join(c["lifecycle"]["preStop"]["exec"]["command"])
+    assert "kill -USR1 1" in hook and "kill -0 1" in hook, hook
+    drain = argv[argv.index("--drain-timeout") + 1]
+    assert drain.endswith("m")
+    assert pod["terminationGracePeriodSeconds"] > int(drain[:-1]) * 60
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+
+    envoy = yaml.safe_load((K8S / "envoy.yaml").read_text())
+    hcm = envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+    assert route["hash_policy"] == [{"query_parameter": {"name": "vf_state_secret"}}]
+    assert 503 in route["retry_policy"]["retriable_status_codes"]
+    assert route["retry_policy"]["retry_host_predicate"][0]["name"] == "envoy.retry_host_predicates.previous_hosts"
+    (cluster,) = envoy["static_resources"]["clusters"]
+    assert cluster["lb_policy"] == "RING_HASH"
+    addr = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert addr["address"].startswith(svc["metadata"]["name"] + ".") and addr["port_value"] == ports["mcp"]
