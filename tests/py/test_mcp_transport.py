@@ -1,4 +1,4 @@
-"""MCP transport facts a proxy must respect (DESIGN.md section 5), through the real
+"""MCP transport facts a proxy must respect (of the Streamable HTTP transport: sessions, SSE, resumption), through the real
 binary, with real sockets and the official MCP Python SDK (issue #5, items 3-6).
 
 - Server-to-client requests (sampling, elicitation) are answered by a new POST with
