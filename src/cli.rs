@@ -112,10 +112,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub max_children: usize,
 
-    /// Serve Prometheus metrics on `http://ADDR/metrics` (a separate listener,
-    /// so no path of the proxied address space is taken): live children,
-    /// spawns, exits by cause, cleanups in flight and their durations, each
-    /// worker's longest event-loop lag.
+    /// The admin listener: Prometheus metrics on `http://ADDR/metrics` (live
+    /// children, spawns, exits by cause, cleanups, each worker's event-loop
+    /// lag, ...), `GET /healthz`, `GET /readyz` (503 while draining) and
+    /// `POST /drain` (start a drain; see --drain-timeout). It has no
+    /// authentication: keep it on loopback or a private network.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
 

@@ -5,8 +5,8 @@
 //! as the child accepts: no readiness polling.
 //!
 //! Two kinds (`--child-socket`):
-//! - `unix`: an abstract `AF_UNIX` socket named `ringmux/<instance>/<child
-//!   id>`. ringmux owns both ends of this hop, so it need not cross the TCP
+//! - `unix`: an abstract `AF_UNIX` socket named `<instance dir name>/<child
+//!   id>` (`@ringmux-<pid>-<nonce>/<id>`). ringmux owns both ends of this hop, so it need not cross the TCP
 //!   stack; abstract names vanish with the last descriptor, so nothing is
 //!   left on disk. Unique per instance and child id, so a name is never
 //!   reused for another rollout while a worker may still connect to it.

@@ -43,6 +43,8 @@ def test_the_units_command_line_is_one_ringmux_accepts(tmp_path):
     line = next(ln for ln in joined.splitlines() if ln.startswith("ExecStart="))
     argv = shlex.split(line.removeprefix("ExecStart="))
     assert "Delegate=yes" in text and "--cgroup" in argv
+    # The fork helper serves only as a fork server: exec'd per key it exits.
+    assert ("ringmux_fork" not in argv) or ("--fork" in argv[: argv.index("--")]), argv
     # --help after the options: clap parses them all, then prints help.
     serve = argv[: argv.index("--")]
     p = subprocess.run(serve + ["--help"], capture_output=True, text=True, timeout=20)
@@ -71,12 +73,14 @@ def test_the_kubernetes_example_is_consistent():
     serve = [str(RINGMUX_BIN)] + argv[1:argv.index("--")]
     p = subprocess.run(serve + ["--help"], capture_output=True, text=True, timeout=20)
     assert p.returncode == 0, p.stderr
-    admin = argv[argv.index("--admin") + 1]
+    # The helper serves only as a fork server: exec'd per key it exits.
+    assert ("ringmux_fork" not in argv) or ("--fork" in serve), argv
+    assert argv[argv.index("--admin") + 1].startswith("127.0.0.1:"), "the admin listener has no authentication"
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports["admin"] == int(admin.rsplit(":", 1)[1])
     assert ports["mcp"] == int(argv[argv.index("--listen") + 1].rsplit(":", 1)[1])
-    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
-    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    # Probed where the workers answer (the proxy port, no key).
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "mcp"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "mcp"}
     hook = " ".join(c["lifecycle"]["preStop"]["exec"]["command"])
     assert "kill -USR1 1" in hook and "kill -0 1" in hook, hook
     drain = argv[argv.index("--drain-timeout") + 1]
