@@ -46,6 +46,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
+from child_socket import Tree  # noqa: E402
 
 PROXIES = ("ringmux-unix", "ringmux-unix-b", "ringmux-tcp", "nginx-tcp", "nginx-unix", "haproxy-tcp", "haproxy-unix")
 TARGETS = ("direct",) + PROXIES
@@ -116,29 +117,8 @@ def start_child(sock_path):
 def child_pids(name, proc, child):
     """The child processes that answer `name`'s requests."""
     if name.startswith("ringmux"):
-        return [p for p in tree(proc.pid) if p != proc.pid]
+        return [p for p in Tree(proc).cpu_pids() if p != proc.pid]
     return [child.pid]
-
-
-def tree(root):
-    """`root` and all its descendants (bounded)."""
-    kids = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                data = f.read()
-        except OSError:
-            continue
-        ppid = int(data[data.rindex(")") + 2:].split()[1])
-        kids.setdefault(ppid, []).append(int(d))
-    out, todo = [], [root]
-    while todo and len(out) < 10_000:
-        p = todo.pop()
-        out.append(p)
-        todo += kids.get(p, [])
-    return out
 
 
 def window(name, proc, child, path, rate, conns, secs):

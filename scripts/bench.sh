@@ -25,17 +25,7 @@ say() { printf '==== %s\n' "$*" >&2; }
 say "building ringmux, the probe and the load generator (release)"
 cargo build --release --quiet --bin ringmux --example probe --example loadgen
 
-need=""
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need="$need nginx-light"
-command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need="$need haproxy"
-if [ -n "$need" ]; then
-    say "installing the peers (Debian packages:$need)"
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    # shellcheck disable=SC2086  # $need is a list of package names
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $need >/dev/null
-fi
+scripts/install-peers.sh
 export PATH="$PATH:/usr/sbin"
 
 VENV=.venv-bench

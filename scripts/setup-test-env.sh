@@ -5,19 +5,9 @@ cd "$(dirname "$0")/.."
 
 PY="${PYTHON:-python3}"
 
-# nginx and HAProxy (Debian packages): the bench-tool tests run the hot-path
-# comparison (benches/hotpath.py) in front of both.
-need=""
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need="$need nginx-light"
-command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need="$need haproxy"
-if [ -n "$need" ]; then
-    echo "setup-test-env: installing$need (apt-get)"
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    # shellcheck disable=SC2086  # $need is a list of package names
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $need >/dev/null
-fi
+# nginx and HAProxy: the hot-path bench test (benches/hotpath.py) and the
+# balancer tests (tests/py/test_balancers.py) run them.
+scripts/install-peers.sh
 REQ="tests/py/requirements.txt"
 STAMP=".venv/.requirements.sha256"
 
