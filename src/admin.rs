@@ -109,6 +109,11 @@ fn answer(
     s.write_all(&resp)
 }
 
+/// Whether [`health_response`] answers `path`.
+pub fn is_health_path(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz")
+}
+
 /// `GET`/`HEAD /healthz` (the process answers: 200) and `/readyz` (200, or
 /// 503 with `Retry-After` while draining), the same on the admin and the
 /// proxy listener; `None` for any other path. `close` adds
@@ -167,5 +172,6 @@ mod tests {
         );
         assert!(text(health_response("DELETE", "/healthz", &m, true)).starts_with("HTTP/1.1 405"));
         assert!(health_response("GET", "/metrics", &m, true).is_none());
+        assert!(is_health_path("/readyz") && !is_health_path("/metrics"));
     }
 }

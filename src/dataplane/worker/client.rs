@@ -183,7 +183,7 @@ impl Worker {
         // the path is the rollout's and goes to its child.
         if key_val.is_none() {
             let (method, path) = (head.method(), head.path());
-            if crate::admin::health_response(method, path, &self.metrics, true).is_some() {
+            if crate::admin::is_health_path(path) {
                 self.clients[r.0].keep_alive = head.keep_alive;
                 if has_body(&head) {
                     // Not worth reading: answer and close.
