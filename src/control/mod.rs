@@ -430,7 +430,7 @@ impl Control {
     /// During a drain: once no key has a child, a start or a directory
     /// left, says so (once).
     fn check_drained(&mut self) {
-        if self.drain.is_some() && self.keys.is_empty() {
+        if self.keys.is_empty() {
             if let Some(tx) = self.drain.take() {
                 tracing::info!("drained: the last rollout is closed");
                 let _ = tx.send(crate::lifecycle::Event::Drained);

@@ -184,11 +184,8 @@ impl Worker {
         if key_val.is_none() {
             let (method, path) = (head.method(), head.path());
             if crate::admin::is_health_path(path) {
-                self.clients[r.0].keep_alive = head.keep_alive;
-                if has_body(&head) {
-                    // Not worth reading: answer and close.
-                    self.clients[r.0].keep_alive = false;
-                }
+                // A body is not worth reading: answer and close.
+                self.clients[r.0].keep_alive = head.keep_alive && !has_body(&head);
                 let m = Arc::clone(&self.metrics);
                 self.answer_now(r, false, |close| {
                     crate::admin::health_response(method, path, &m, close).unwrap_or_default()
