@@ -54,6 +54,18 @@ fn key(k: &str) -> RouteKey {
 
 impl Harness {
     fn new(max_children: usize) -> Harness {
+        Harness::build(max_children, true)
+    }
+
+    /// A control plane whose trash cannot be made (a regular file holds its
+    /// name), so a closed key's directory is deleted in place and the key
+    /// stays locked (`Teardown`) until the last unlink: the one case where
+    /// the per-directory fork lock is held long enough to observe.
+    fn without_trash(max_children: usize) -> Harness {
+        Harness::build(max_children, false)
+    }
+
+    fn build(max_children: usize, trash: bool) -> Harness {
         let base = std::env::temp_dir().join(format!(
             "ringmux-ctl-test-{}-{}",
             std::process::id(),
@@ -63,6 +75,9 @@ impl Harness {
         ));
         let dir = base.join("ringmux-1-00");
         std::fs::create_dir_all(&dir).expect("instance dir");
+        if !trash {
+            std::fs::write(dir.join(".trash"), b"not a directory").expect("trash blocker");
+        }
         let open = |p: &Path| {
             rustix::fs::open(
                 p,
@@ -150,6 +165,8 @@ impl Harness {
     }
 
     fn shutdown(mut self) {
+        // The trash blocker is the test's own file, not ringmux's to delete.
+        let _ = std::fs::remove_file(self.dir.join(".trash"));
         let (tx, rx) = mpsc::channel();
         assert!(self.ctl.send(ToControl::Shutdown { done: tx }).is_ok());
         rx.recv_timeout(Duration::from_secs(10))
@@ -226,7 +243,10 @@ fn close_answers_after_the_child_is_reaped_and_its_directory_gone() {
 
 #[test]
 fn the_fork_lock_is_per_directory() {
-    let h = Harness::new(16);
+    // With a trash the close is one rename and the lock is held for
+    // microseconds, so which of the two keys' spawns is answered first is a
+    // race; deleting in place holds it for the 20,000 unlinks.
+    let h = Harness::without_trash(16);
     let (slow, other) = (key("slow"), key("other"));
     h.acquire(slow);
     let first = h.next(1).iter().find_map(ready_id).expect("ready");
