@@ -269,6 +269,8 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
     let (done_tx, done_rx) = mpsc::channel();
     let _ = ctl_tx.send(ToControl::Shutdown { done: done_tx });
     match done_rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(()) if instance_dir.exists() => tracing::error!(dir = %instance_dir.display(),
+            "every child stopped, but the instance directory is left (see the warnings above)"),
         Ok(()) => tracing::info!("every child stopped and every directory removed"),
         Err(_) => tracing::error!("shutdown did not finish within 60 s; exiting anyway"),
     }

@@ -49,12 +49,22 @@ impl Control {
             Parent::Instance => self.cfg.instance_fd.as_fd(),
         };
         if let Some(trash) = self.trash.as_mut() {
+            let was_broken = trash.is_broken();
             match trash.take(from, name, prefix) {
                 Ok(Some(tname)) => {
                     self.trash_tree(&tname);
                     return Discarded::Gone;
                 }
                 Ok(None) => return Discarded::Gone,
+                // The trash itself is broken (deleted, read-only): it refuses
+                // every later take, so say it once.
+                Err(e) if trash.is_broken() => {
+                    if !was_broken {
+                        tracing::error!(dir = %name, error = %e,
+                            "the trash is unusable; closed rollouts' directories are deleted in place from now on (the close waits for it)");
+                    }
+                }
+                // This tree only (another filesystem, a mount point).
                 Err(e) => tracing::warn!(dir = %name, error = %e,
                     "cannot move a directory into the trash; deleting it in place"),
             }

@@ -24,6 +24,9 @@ pub const DIR_NAME: &std::ffi::CStr = c".trash";
 pub struct Trash {
     fd: OwnedFd,
     next: u64,
+    /// Why the trash cannot take anything (deleted, read-only): every later
+    /// take fails the same way, so closes delete in place.
+    broken: Option<Errno>,
 }
 
 impl Trash {
@@ -34,7 +37,17 @@ impl Trash {
             Err(e) => return Err(e.into()),
         }
         let fd = super::cleanup::open_dir_fd(instance, DIR_NAME)?;
-        Ok(Trash { fd, next: 1 })
+        Ok(Trash {
+            fd,
+            next: 1,
+            broken: None,
+        })
+    }
+
+    /// Whether a move into the trash failed for a reason that is the
+    /// trash's own (it was deleted, or its filesystem is read-only).
+    pub fn is_broken(&self) -> bool {
+        self.broken.is_some()
     }
 
     /// The trash directory (cleanups of its entries are relative to it).
@@ -44,13 +57,17 @@ impl Trash {
 
     /// Moves `from/name` into the trash as `<prefix>-<n>`. `Ok(None)`: there
     /// was nothing to move. Fails with `EXDEV` when `from` is on another
-    /// filesystem (the caller then deletes in place).
+    /// filesystem, and with `ENOENT` when the trash itself was deleted under
+    /// us (the caller then deletes in place).
     pub fn take(
         &mut self,
         from: BorrowedFd<'_>,
         name: &str,
         prefix: &str,
     ) -> io::Result<Option<String>> {
+        if let Some(e) = self.broken {
+            return Err(e.into());
+        }
         loop {
             let to = format!("{prefix}-{:x}", self.next);
             self.next += 1;
@@ -62,9 +79,26 @@ impl Trash {
                 RenameFlags::NOREPLACE,
             ) {
                 Ok(()) => return Ok(Some(to)),
-                Err(Errno::NOENT) => return Ok(None),
+                // ENOENT is also what a deleted trash answers: only a
+                // missing source means there was nothing to move.
+                Err(Errno::NOENT) => {
+                    if let Err(Errno::NOENT) =
+                        rustix::fs::statat(from, name, AtFlags::SYMLINK_NOFOLLOW)
+                    {
+                        return Ok(None);
+                    }
+                    self.broken = Some(Errno::NOENT);
+                    return Err(Errno::NOENT.into());
+                }
                 // A name left from an earlier life of this directory: next.
                 Err(Errno::EXIST) => continue,
+                // A read-only filesystem refuses every move.
+                Err(Errno::ROFS) => {
+                    self.broken = Some(Errno::ROFS);
+                    return Err(Errno::ROFS.into());
+                }
+                // Another filesystem (EXDEV), a mount point (EBUSY), ...:
+                // this tree only.
                 Err(e) => return Err(e.into()),
             }
         }
@@ -132,6 +166,28 @@ mod tests {
         fs::remove_dir_all(base.join(".trash/k-3")).expect("rm");
         t.remove(inst.as_fd()).expect("remove");
         assert!(!base.join(".trash").exists());
+        fs::remove_dir_all(&base).expect("cleanup");
+    }
+
+    #[test]
+    fn a_deleted_trash_is_an_error_not_nothing_to_move() {
+        let base = std::env::temp_dir().join(format!("ringmux-trash-gone-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir_all(base.join("abc")).expect("mkdir");
+        let inst = fs::File::open(&base).expect("open");
+        let mut t = Trash::open(inst.as_fd()).expect("trash");
+        fs::remove_dir(base.join(".trash")).expect("rmdir trash");
+        let e = t
+            .take(inst.as_fd(), "abc", "k")
+            .expect_err("a deleted trash");
+        assert_eq!(e.raw_os_error(), Some(Errno::NOENT.raw_os_error()));
+        assert!(
+            base.join("abc").exists(),
+            "the tree stays for an in-place delete"
+        );
+        assert!(t.is_broken());
+        // Later takes fail the same way, without trying.
+        assert!(t.take(inst.as_fd(), "abc", "k").is_err());
         fs::remove_dir_all(&base).expect("cleanup");
     }
 }
