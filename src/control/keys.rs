@@ -196,6 +196,11 @@ impl Control {
         }
         if self.shutdown.is_some() {
             self.fail(key, acquirers.workers, &ProxyError::ShuttingDown);
+        } else if self.metrics.draining.load(Relaxed) {
+            // The key's child is gone, so here it is a new key: a drain
+            // starts no child (the balancer sends it elsewhere), or a client
+            // that reopens a key as it closes it would hold the drain open.
+            self.fail(key, acquirers.workers, &ProxyError::Draining);
         } else if self.at_capacity() {
             self.metrics.at_capacity.fetch_add(1, Relaxed);
             self.fail(key, acquirers.workers, &ProxyError::AtCapacity);

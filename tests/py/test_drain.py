@@ -11,6 +11,8 @@ import os
 import signal
 import socket
 import subprocess
+import threading
+import time
 import uuid
 
 import httpx
@@ -118,6 +120,53 @@ def test_drain_by_signal_serves_live_keys_refuses_new_ones_and_exits_when_the_la
     log = rm.stderr_text()
     assert "draining" in log and "drain finished" in log, log
     assert live not in log, "a rollout key reached the log"
+
+
+def test_a_key_reopened_while_its_close_runs_is_refused_during_a_drain(ringmux_factory):
+    """A request for a key whose child is being torn down waits for the
+    teardown; during a drain it is then refused like any new key, instead of
+    getting a fresh child that would hold the drain open."""
+    rm = ringmux_factory(demo=True)
+    k = f"reopen-{uuid.uuid4().hex[:6]}"
+    assert mcp(rm, k, ECHO).status_code == 200
+    (child,) = rm.child_pids()
+    child_dir = rm.child_dir(k)
+    # A teardown that takes a while: without a trash (removed under the
+    # running instance, as a full or read-only trash would be) the key's
+    # directory is deleted in place and the key stays locked until then.
+    for i in range(5_000):
+        os.close(os.open(os.path.join(child_dir, f"f{i}"), os.O_CREAT | os.O_WRONLY, 0o600))
+    os.rmdir(os.path.join(rm.instance_dir, ".trash"))
+    os.kill(rm.pid, signal.SIGUSR1)
+    wait_until(lambda: httpx.get(f"{rm.url}/readyz", timeout=HTTP_TIMEOUT).status_code == 503, 10,
+               what="/readyz to say draining")
+
+    closed: dict = {}
+
+    def close():
+        closed["status"] = rm.close_key(k).status_code
+        closed["at"] = time.monotonic()
+
+    t = threading.Thread(target=close)
+    t.start()
+    wait_until(lambda: not pid_alive(child) or "status" in closed, 10, what="the child to be reaped")
+    sent = time.monotonic()
+    r = mcp(rm, k, ECHO)
+    t.join(30)
+    print(f"close took {closed.get('at', 0) - sent:.3f} s after the request was sent")
+    assert closed.get("status") == 200, closed
+    assert sent < closed["at"], "the close finished before the request was sent: nothing was tested"
+    assert r.status_code == 503 and "draining" in r.text, (r.status_code, r.text)
+    assert rm.child_pids() == [], "a drain started a child"
+    assert wait_exit(rm) == 0, rm.stderr_text()
+    # A deleted trash was once read as "nothing to move", which left the
+    # key's directory (and so the instance directory) behind.
+    assert not os.path.exists(child_dir)
+    assert not os.path.exists(rm.instance_dir), rm.stderr_text()
+    log = rm.stderr_text()
+    assert log.count("the trash is unusable") == 1, log
+    assert "every directory removed" in log, log
+    assert k not in log, "a rollout key reached the log"
 
 
 def test_drain_by_admin_request_stops_at_the_drain_timeout(ringmux_factory):
