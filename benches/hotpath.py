@@ -28,7 +28,11 @@ p50, the higher throughput of the two in that repetition), then reported as a
 median with a bootstrap 95 % interval; `ringmux-unix-b / ringmux-unix` is the
 noise floor.
 
-Usage: benches/hotpath.py [--reps 5] [--secs 3] [--json FILE]
+With `--bytes N` every window asks for an N-byte body instead
+(`GET /blob?bytes=N`, the large-response row of part 2) and the open-loop
+window runs at `--rate` (default 8,000 req/s; 2,000 suits 64 KiB bodies).
+
+Usage: benches/hotpath.py [--reps 5] [--secs 3] [--bytes N] [--rate R] [--json FILE]
 (scripts/bench.sh --parts 2 runs it as part 2a; standalone it needs
 `cargo build --release --bin ringmux --examples` and nginx and haproxy on
 PATH or in /usr/sbin). Loopback only; every loop is bounded in count and time.
@@ -121,13 +125,13 @@ def child_pids(name, proc, child):
     return [child.pid]
 
 
-def window(name, proc, child, path, rate, conns, secs):
+def window(name, proc, child, path, rate, conns, secs, body=h.SMALL_BODY):
     """One loadgen window (rate None: closed loop) with the proxy's and the
-    child's CPU per request."""
+    child's CPU per request (`body` None: a GET)."""
     own = [] if name == "direct" else proc.cpu_pids()
     kids = child_pids(name, proc, child)
     p0, k0 = h.cpu_seconds(own), h.cpu_seconds(kids)
-    r = h.loadgen(proc.port, path, rate, secs, conns, body=h.SMALL_BODY)
+    r = h.loadgen(proc.port, path, rate, secs, conns, body=body)
     p1, k1 = h.cpu_seconds(own), h.cpu_seconds(kids)
     n = r["completed"] + r.get("warmup_sent", 0)
     bad = r["errors"] + r["timeouts"] + r["non_2xx"]
@@ -137,6 +141,7 @@ def window(name, proc, child, path, rate, conns, secs):
         "p50_us": r["p50_us"], "p99_us": r["p99_us"], "rps": r["achieved_rps"],
         "proxy_cpu_us": None if name == "direct" else (p1 - p0) * 1e6 / n,
         "child_cpu_us": (k1 - k0) * 1e6 / n,
+        "body_bytes": r["bytes"] / r["completed"] if r["completed"] else None,
     }
 
 
@@ -162,7 +167,7 @@ def start_all(work, procs):
     procs["haproxy-unix"] = start_haproxy(sock, os.path.join(work, "haproxy-unix"))
 
 
-def measure(reps, secs, prog=None, seed=5):
+def measure(reps, secs, prog=None, seed=5, nbytes=None, rate=FIXED_RATE):
     """Runs the repetitions; returns {"raw": {target: [rep: {window: row}]}}."""
     if not haproxy_bin() or not (shutil.which("nginx") or os.path.exists("/usr/sbin/nginx")):
         raise RuntimeError("hotpath: nginx and haproxy are needed (scripts/bench.sh installs both)")
@@ -172,7 +177,8 @@ def measure(reps, secs, prog=None, seed=5):
         start_all(work, procs)
         child = procs["direct"]
         key = "hotpath-bench"
-        path = f"/mcp?{h.KEY}={key}"
+        path = f"/mcp?{h.KEY}={key}" if nbytes is None else f"/blob?bytes={nbytes}&{h.KEY}={key}"
+        body = h.SMALL_BODY if nbytes is None else None
         for p in procs.values():
             for _ in range(3):
                 h.call(p.port, key, "echo", {"text": "warm"})
@@ -186,9 +192,9 @@ def measure(reps, secs, prog=None, seed=5):
                     prog.step(f"part 2a: {n} (repetition {rep + 1}/{reps})")
                 p = procs[n]
                 raw[n].append({
-                    "c1": window(n, p, child, path, None, 1, secs),
-                    "c32": window(n, p, child, path, None, CONNS, secs),
-                    "o8k": window(n, p, child, path, FIXED_RATE, CONNS, secs),
+                    "c1": window(n, p, child, path, None, 1, secs, body),
+                    "c32": window(n, p, child, path, None, CONNS, secs, body),
+                    "o8k": window(n, p, child, path, rate, CONNS, secs, body),
                 })
             if not prog:
                 print(f"repetition {rep + 1}/{reps}: " + ", ".join(
@@ -198,7 +204,7 @@ def measure(reps, secs, prog=None, seed=5):
         for p in procs.values():
             p.stop()
         shutil.rmtree(work, ignore_errors=True)
-    return {"reps": reps, "secs": secs, "conns": CONNS, "fixed_rate": FIXED_RATE, "raw": raw}
+    return {"reps": reps, "secs": secs, "conns": CONNS, "fixed_rate": rate, "bytes": nbytes, "raw": raw}
 
 
 def spread(xs):
@@ -266,11 +272,12 @@ def table(res):
         return f"{sp['median']:.{nd}f} ({sp['min']:.{nd}f}–{sp['max']:.{nd}f})"
 
     out = [
-        f"### Part 2a — the hot path against nginx and HAProxy ({res['reps']} repetitions, {res['secs']:g} s windows)\n",
+        f"### Part 2a — the hot path against nginx and HAProxy ({res['reps']} repetitions, {res['secs']:g} s windows"
+        + (f", {res['bytes']}-byte responses" if res.get("bytes") is not None else "") + ")\n",
         "Median (min–max) over repetitions, targets in a new random order each time. CPU: the proxy's own "
         "processes per request; the child's in the last columns. c1 / c32: closed loop on 1 / 32 connections; "
         f"o8k: open loop at {res['fixed_rate']} req/s over {res['conns']} connections.\n",
-        "| target | **CPU µs/req, o8k** | CPU c32 | CPU c1 | c1 p50 (µs) | c1 added p50 (µs) | c32 req/s | child CPU o8k | child CPU c1 |",
+        f"| target | **CPU µs/req, o8k** ({res['fixed_rate']}/s) | CPU c32 | CPU c1 | c1 p50 (µs) | c1 added p50 (µs) | c32 req/s | child CPU o8k | child CPU c1 |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for n in TARGETS:
@@ -308,12 +315,18 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--secs", type=float, default=3.0)
+    ap.add_argument("--bytes", type=int, help="ask for an N-byte body (GET /blob) instead of a tools/call")
+    ap.add_argument("--rate", type=int, default=FIXED_RATE, help="the open-loop window's req/s")
     ap.add_argument("--json")
     a = ap.parse_args()
     if not (1 <= a.reps <= 50 and 0.5 <= a.secs <= 60):
         sys.exit("--reps must be 1..50 and --secs 0.5..60")
+    if a.bytes is not None and not 0 <= a.bytes <= 16 << 20:
+        sys.exit("--bytes must be 0..16 MiB")
+    if not 1 <= a.rate <= 100_000:
+        sys.exit("--rate must be 1..100000")
     signal.signal(signal.SIGTERM, on_term)
-    res = measure(a.reps, a.secs)
+    res = measure(a.reps, a.secs, nbytes=a.bytes, rate=a.rate)
     res["summary"] = summarize(res)
     print()
     print(table(res))

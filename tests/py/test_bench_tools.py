@@ -838,6 +838,30 @@ def test_hotpath_bench_runs_end_to_end(tmp_path):
     assert not left, f"servers left running: {[_cmdline(x) for x in left]}"
 
 
+def test_hotpath_bench_asks_for_large_bodies_with_bytes(tmp_path):
+    """`hotpath.py --bytes N --rate R`: every target's every window got
+    N-byte bodies, the open-loop window ran at R, and a bad value is refused
+    before anything starts."""
+    out = tmp_path / "hot64k.json"
+    env = {**os.environ, "PATH": os.environ.get("PATH", "") + ":/usr/sbin"}
+    p = subprocess.run(
+        [str(PY), str(REPO / "benches" / "hotpath.py"), "--reps", "1", "--secs", "0.5",
+         "--bytes", "65536", "--rate", "500", "--json", str(out)],
+        capture_output=True, text=True, timeout=200, cwd=str(REPO), env=env,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    d = json.loads(out.read_text())
+    assert d["bytes"] == 65536 and d["fixed_rate"] == 500, (d["bytes"], d["fixed_rate"])
+    for name, (rep,) in d["raw"].items():
+        for w, row in rep.items():
+            assert row["body_bytes"] == 65536, (name, w, row)
+    assert "65536-byte responses" in p.stdout and "(500/s)" in p.stdout
+    for bad in (["--bytes", "-1"], ["--rate", "0"]):
+        q = subprocess.run([str(PY), str(REPO / "benches" / "hotpath.py"), *bad],
+                           capture_output=True, text=True, timeout=30, cwd=str(REPO), env=env)
+        assert q.returncode != 0 and "must be" in q.stderr, (bad, q.stderr)
+
+
 def _cmdline(pid: str) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
