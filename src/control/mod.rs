@@ -322,7 +322,6 @@ impl Control {
                             self.trash_second();
                         }
                         self.check_draining_cgroups();
-                        self.check_drained();
                         let requests = self.load().requests;
                         self.pacer.observe(now, requests);
                         tick_armed = false;
@@ -354,6 +353,9 @@ impl Control {
                     _ => {}
                 }
             }
+            // After every batch, not on the heartbeat: the drain ends as
+            // soon as the last key's teardown (or the drain request) is in.
+            self.check_drained();
             if !tick_armed {
                 match self.arm_tick() {
                     Ok(()) => {
