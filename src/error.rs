@@ -191,15 +191,40 @@ impl ProxyError {
         }
     }
 
+    /// A stable name for the error, sent as the `ringmux-error` header of
+    /// every answer ringmux makes itself: it tells ringmux's own 503 (a
+    /// drain, capacity) from a tool server's 503, for a client or a balancer
+    /// that can retry on a header (Envoy's `retriable_headers`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) => "bad-request",
+            ProxyError::Forbidden(_) => "forbidden",
+            ProxyError::RequestTimeout => "request-timeout",
+            ProxyError::ResponseTimeout => "response-timeout",
+            ProxyError::ChildUnreachable(_) => "child-unreachable",
+            ProxyError::ChildClosed => "child-closed",
+            ProxyError::BadResponse(_) => "bad-response",
+            ProxyError::SpawnFailed(_) => "spawn-failed",
+            ProxyError::ReadyTimeout => "ready-timeout",
+            ProxyError::ForkServerUnavailable(_) => "fork-server-unavailable",
+            ProxyError::ForkFailed(_) => "fork-failed",
+            ProxyError::ForkServerTimeout => "fork-server-timeout",
+            ProxyError::AtCapacity => "at-capacity",
+            ProxyError::ShuttingDown => "shutting-down",
+            ProxyError::Draining => "draining",
+        }
+    }
+
     /// The complete response (status line, headers, short body). `close`
     /// adds `Connection: close`.
     pub fn response(&self, close: bool) -> Vec<u8> {
         let body = format!("ringmux: {self}\n");
         let status = self.status();
-        if self.status() == 503 {
-            simple_response(status, &body, &[("retry-after", "1")], close)
+        let kind = ("ringmux-error", self.kind());
+        if status == 503 {
+            simple_response(status, &body, &[kind, ("retry-after", "1")], close)
         } else {
-            simple_response(status, &body, &[], close)
+            simple_response(status, &body, &[kind], close)
         }
     }
 }
@@ -251,7 +276,40 @@ mod tests {
         let r = String::from_utf8(ProxyError::Draining.response(false)).expect("utf8");
         assert!(r.starts_with("HTTP/1.1 503"));
         assert!(r.to_ascii_lowercase().contains("retry-after: 1"));
+        assert!(
+            r.to_ascii_lowercase()
+                .contains("ringmux-error: draining\r\n"),
+            "{r}"
+        );
+        let r = String::from_utf8(refused.response(false)).expect("utf8");
+        assert!(
+            r.to_ascii_lowercase()
+                .contains("ringmux-error: child-unreachable\r\n"),
+            "{r}"
+        );
         assert_eq!(ProxyError::Draining.side(), FailedSide::Ringmux);
+        let all = [
+            ProxyError::BadRequest(HttpError::BodyTooLarge),
+            ProxyError::Forbidden(Refusal::Origin),
+            ProxyError::RequestTimeout,
+            ProxyError::ResponseTimeout,
+            refused.clone(),
+            ProxyError::ChildClosed,
+            ProxyError::BadResponse(HttpError::BodyTooLarge),
+            ProxyError::SpawnFailed("x".into()),
+            ProxyError::ReadyTimeout,
+            ProxyError::ForkServerUnavailable("x"),
+            ProxyError::ForkFailed("x".into()),
+            ProxyError::ForkServerTimeout,
+            ProxyError::AtCapacity,
+            ProxyError::ShuttingDown,
+            ProxyError::Draining,
+        ];
+        let kinds: std::collections::HashSet<_> = all.iter().map(ProxyError::kind).collect();
+        assert_eq!(kinds.len(), all.len(), "every error has its own kind");
+        assert!(kinds
+            .iter()
+            .all(|k| k.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')));
         let r = String::from_utf8(ProxyError::ChildClosed.response(true)).expect("utf8");
         assert!(r.starts_with("HTTP/1.1 502"));
         assert!(r.to_ascii_lowercase().contains("connection: close"));

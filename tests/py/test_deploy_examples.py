@@ -4,6 +4,7 @@ here), and its ExecStart is a command line ringmux accepts."""
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -92,7 +93,17 @@ def test_the_kubernetes_example_is_consistent():
     hcm = envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
     assert route["hash_policy"] == [{"query_parameter": {"name": "vf_state_secret"}}]
-    assert 503 in route["retry_policy"]["retriable_status_codes"]
+    # It retries on ringmux's own refusals only: each header value is a
+    # kind ringmux sends with a 503 (src/error.rs), never a bare status.
+    policy = route["retry_policy"]
+    assert "retriable_status_codes" not in policy and "retriable-headers" in policy["retry_on"], policy
+    kinds = {m["string_match"]["exact"] for m in policy["retriable_headers"] if m["name"] == "ringmux-error"}
+    assert kinds == {"draining", "at-capacity", "shutting-down", "fork-server-unavailable"}, kinds
+    error_rs = (REPO / "src" / "error.rs").read_text()
+    for k in kinds:
+        variant = re.search(r"ProxyError::(\w+)(?:\(_\))? => \"" + re.escape(k) + r"\"", error_rs)
+        assert variant, f"ringmux sends no ringmux-error: {k}"
+        assert re.search(r"ProxyError::" + variant.group(1) + r"\b[^,;=]*=> 503", error_rs), (k, variant.group(1))
     assert route["retry_policy"]["retry_host_predicate"][0]["name"] == "envoy.retry_host_predicates.previous_hosts"
     (cluster,) = envoy["static_resources"]["clusters"]
     assert cluster["lb_policy"] == "RING_HASH"

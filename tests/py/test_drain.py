@@ -102,7 +102,12 @@ def test_drain_by_signal_serves_live_keys_refuses_new_ones_and_exits_when_the_la
     r = mcp(rm, f"new-{uuid.uuid4().hex[:6]}", ECHO)
     assert r.status_code == 503 and r.headers.get("retry-after") == "1", (r.status_code, r.headers)
     assert "draining" in r.text, r.text
+    # ringmux's own refusal says so in a header a balancer can match on
+    # (deploy/kubernetes/envoy.yaml retries on it); a child's answer has none.
+    assert r.headers.get("ringmux-error") == "draining", r.headers
     assert rm.child_pids() == [child]
+    r = httpx.get(rm.path_url("/no-such-path", live), timeout=HTTP_TIMEOUT)
+    assert r.status_code == 404 and "ringmux-error" not in r.headers, (r.status_code, r.headers)
     # The live rollout is served as before, by the same child.
     r = mcp(rm, live, READ)
     assert r.status_code == 200 and r.json()["result"]["content"][0]["text"] == "v", r.text

@@ -157,6 +157,7 @@ def test_refused_connect_is_a_502_that_names_the_operation_and_errno(ringmux_fac
     r = rm.get("/info", key)
     assert r.status_code == 502, (r.status_code, r.text)
     assert r.text == "ringmux: child unreachable (connect: Connection refused (os error 111))\n", r.text
+    assert r.headers.get("ringmux-error") == "child-unreachable", r.headers
     wait_until(lambda: "connect: Connection refused" in rm.stderr_text(), 5.0, what="the 502 logged")
     log = rm.stderr_text()
     assert "side=\"child\"" in log or "side=child" in log, log[-2000:]
