@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
+use crate::error::ProxyError;
 use crate::http::{parse_request, simple_response, Parsed};
 use crate::lifecycle::Event;
 use crate::metrics::Metrics;
@@ -128,7 +129,15 @@ pub fn health_response(
     let mut resp = match path {
         "/healthz" => simple_response(200, "ok\n", &[], close),
         "/readyz" if ready => simple_response(200, "ready\n", &[], close),
-        "/readyz" => simple_response(503, "draining\n", &[("retry-after", "1")], close),
+        "/readyz" => simple_response(
+            503,
+            "draining\n",
+            &[
+                ("ringmux-error", ProxyError::Draining.kind()),
+                ("retry-after", "1"),
+            ],
+            close,
+        ),
         _ => return None,
     };
     match method {
@@ -161,7 +170,9 @@ mod tests {
         m.draining.store(true, Relaxed);
         let r = text(health_response("GET", "/readyz", &m, true));
         assert!(
-            r.starts_with("HTTP/1.1 503") && r.to_ascii_lowercase().contains("retry-after: 1"),
+            r.starts_with("HTTP/1.1 503")
+                && r.to_ascii_lowercase().contains("retry-after: 1")
+                && r.contains("ringmux-error: draining\r\n"),
             "{r}"
         );
         assert!(text(health_response("GET", "/healthz", &m, true)).starts_with("HTTP/1.1 200"));

@@ -94,6 +94,7 @@ def test_drain_by_signal_serves_live_keys_refuses_new_ones_and_exits_when_the_la
                what="/readyz to say draining")
     r = httpx.get(f"{rm.url}/readyz", timeout=HTTP_TIMEOUT)
     assert r.headers.get("retry-after") == "1" and r.text == "draining\n", (r.headers, r.text)
+    assert r.headers.get("ringmux-error") == "draining", r.headers
     assert httpx.get(f"{rm.url}/healthz", timeout=HTTP_TIMEOUT).status_code == 200, "alive while draining"
     m = parse_prometheus(httpx.get(rm.metrics_url, timeout=HTTP_TIMEOUT).text)
     assert m["ringmux_draining"] == 1, m.get("ringmux_draining")
