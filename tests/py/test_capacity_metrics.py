@@ -161,6 +161,7 @@ def test_max_children_refuses_new_keys_with_503(ringmux_factory):
     for n in (1, 2):
         r = rm.get("/info", extra)
         assert r.status_code == 503, (r.status_code, r.text)
+        assert r.headers.get("ringmux-error") == "at-capacity", r.headers
         ra = r.headers.get("retry-after")
         assert ra is not None, f"503 without Retry-After: {dict(r.headers)}"
         assert ra.strip().isdigit(), f"Retry-After not delta-seconds: {ra!r}"

@@ -23,6 +23,7 @@ def test_child_that_exits_at_once_gives_502_and_respawns(ringmux_factory, tmp_pa
         r = rm.get("/info", key)
         dt = time.monotonic() - t0
         assert r.status_code == 502, (attempt, r.status_code, r.text)
+        assert r.headers.get("ringmux-error") in ("child-closed", "child-unreachable"), r.headers
         assert dt < 5.0, f"502 took {dt:.2f} s"
         assert len(r.content) < 1024
         assert r.headers.get("content-type", "").startswith("text/plain")
@@ -43,6 +44,7 @@ def test_child_never_ready_gives_504_and_is_reaped(ringmux_factory, tmp_path):
     r = rm.get("/info", key)
     dt = time.monotonic() - t0
     assert r.status_code == 504, (r.status_code, r.text)
+    assert r.headers.get("ringmux-error") == "ready-timeout", r.headers
     assert 0.8 <= dt < 5.0, f"504 after {dt:.2f} s with --ready-timeout 1s"
     pids = read_spawn_log(log)
     assert len(pids) == 1
@@ -103,6 +105,7 @@ def test_malformed_request_gets_400(garbage_ringmux, payload, allowed):
     rm = garbage_ringmux
     resp = raw_http(rm.port, payload)
     assert status_of(resp) in allowed, resp[:300]
+    assert b"\r\nringmux-error: bad-request\r\n" in resp, resp[:300]
     assert rm.alive()
 
 

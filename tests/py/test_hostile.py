@@ -221,6 +221,7 @@ def test_a_thousand_dribbling_connections_do_not_stop_other_clients(ringmux_fact
     for s in socks:
         s.close()
     assert all(status_of(g) == 408 for g in got), [g[:40] for g in got if not g.startswith(b"HTTP/1.1 408")][:3]
+    assert all(b"\r\nringmux-error: request-timeout\r\n" in g for g in got), got[0][:300]
     assert total(rm, "ringmux_head_timeouts_total") == 1000
     rm.wait_metric("ringmux_live_children", lambda v: v == 1)
 

@@ -25,6 +25,7 @@ def test_foreign_origin_or_host_refused_before_a_child_starts(ringmux_factory):
     # The conformance suite's DNS-rebinding probe: attacker's name in both.
     r = raw(rm, "/info", "k1", {"Host": "evil.example.com", "Origin": EVIL})
     assert r.status_code == 403, r.text
+    assert r.headers.get("ringmux-error") == "forbidden", r.headers
     assert "Origin" in r.text
     # Host alone (a rebinding page that sends no Origin, e.g. a simple GET).
     r = raw(rm, "/info", "k1", {"Host": f"evil.example.com:{rm.port}"})
