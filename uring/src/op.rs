@@ -178,10 +178,13 @@ pub enum Op {
         target: OpId,
     },
     /// `waitid(P_PIDFD, pidfd, WEXITED | WNOWAIT)`: completes when the
-    /// process exits (kernel ≥ 6.7) and leaves it a zombie, so that its pid
+    /// process exits and leaves it a zombie, so that its pid
     /// and its process group id cannot be reused before the caller has
     /// killed what is left of the group; the caller then reaps it
-    /// (`waitid(P_PID, ExitInfo::pid, WEXITED | WNOHANG)`).
+    /// (`waitid(P_PID, ExitInfo::pid, WEXITED | WNOHANG)`). `IORING_OP_WAITID`
+    /// needs Linux ≥ 6.7; before that (see [`crate::Ring::native_waitid`])
+    /// the ring polls a duplicate of the pidfd and reads the exit with a
+    /// non-blocking `waitid` when the poll completes: the same completion.
     WaitId {
         /// The pidfd.
         pidfd: RawFd,
@@ -248,6 +251,22 @@ pub struct ExitInfo {
     pub pid: i32,
 }
 
+/// Reads a `siginfo_t` that `waitid` filled (or left all zero: no exit,
+/// `pid` 0).
+pub(crate) fn exit_info(info: &libc::siginfo_t) -> ExitInfo {
+    // SAFETY: `waitid` fills `info` for a child-state change (CLD_*), where
+    // the `si_status` union member is the one written; an all-zero
+    // siginfo_t reads as 0 in every member.
+    let status = unsafe { info.si_status() };
+    // SAFETY: as above: for CLD_* the `si_pid` member is written.
+    let pid = unsafe { info.si_pid() };
+    ExitInfo {
+        code: info.si_code,
+        status,
+        pid,
+    }
+}
+
 /// Resources parked in the in-flight table while the kernel may use them.
 pub(crate) enum Parked {
     Nothing,
@@ -262,6 +281,10 @@ pub(crate) enum Parked {
     Addr(#[allow(dead_code)] Box<SockAddr>),
     Time(#[allow(dead_code)] Box<Timespec>),
     Wait(Box<libc::siginfo_t>),
+    /// A `WaitId` done as a `POLL_ADD` (kernels without `IORING_OP_WAITID`):
+    /// the ring's own duplicate of the pidfd, for the `waitid` that reads the
+    /// exit once the poll completes.
+    PollWait(std::os::fd::OwnedFd),
     Path(CString),
     Read(Vec<u8>),
     /// The descriptor of a `Close`: the kernel closes it; only if the op is
@@ -276,19 +299,9 @@ impl Parked {
             Parked::Writev { segs, .. } => Returned::Segs(segs),
             Parked::Read(buf) => Returned::Read(buf),
             Parked::Path(p) => Returned::Path(p),
-            Parked::Wait(info) => {
-                // SAFETY: the kernel filled `info` for a child-state change
-                // (CLD_*), so the `si_status` union member is the one written.
-                let status = unsafe { info.si_status() };
-                // SAFETY: as above: for CLD_* the `si_pid` member is written.
-                let pid = unsafe { info.si_pid() };
-                Returned::Exit(ExitInfo {
-                    code: info.si_code,
-                    status,
-                    pid,
-                })
-            }
+            Parked::Wait(info) => Returned::Exit(exit_info(&info)),
             Parked::Nothing
+            | Parked::PollWait(_)
             | Parked::Accept
             | Parked::Recv(_)
             | Parked::Addr(_)

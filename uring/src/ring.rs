@@ -6,13 +6,13 @@
 //! until one arrives without `IORING_CQE_F_MORE`.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 
-use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 use slab::Slab;
 
 use crate::bufring::BufRing;
-use crate::op::{Op, Parked, Returned};
+use crate::op::{exit_info, Op, Parked, Returned};
 
 /// Identifies one in-flight op (slab slot plus a generation, so a stale id never
 /// names a newer op that reused the slot).
@@ -44,6 +44,10 @@ pub struct RingConfig {
     /// `IORING_SETUP_DEFER_TASKRUN` (requires `single_issuer`): completion work
     /// runs only when this thread waits for completions.
     pub defer_taskrun: bool,
+    /// Wait for [`Op::WaitId`] with `POLL_ADD` on the pidfd even where the
+    /// kernel has `IORING_OP_WAITID` (to test the fallback that kernels
+    /// before 6.7 get).
+    pub poll_for_exits: bool,
 }
 
 impl Default for RingConfig {
@@ -53,6 +57,7 @@ impl Default for RingConfig {
             cq_entries: 8192,
             single_issuer: true,
             defer_taskrun: true,
+            poll_for_exits: false,
         }
     }
 }
@@ -84,6 +89,9 @@ pub struct Ring {
     ops: Slab<InFlight>,
     next_gen: u32,
     defer_taskrun: bool,
+    /// The kernel has `IORING_OP_WAITID` (Linux ≥ 6.7) and the config did not
+    /// ask for the `POLL_ADD` fallback.
+    native_waitid: bool,
     /// Process-unique (buffer rings remember which ring they belong to).
     id: u64,
     /// Completions taken off the CQ inside `push` (to make room when the
@@ -132,11 +140,17 @@ impl Ring {
                     .build(cfg.sq_entries)?
             }
         };
+        // A kernel too old to probe (before 5.6) has no WAITID either.
+        let mut probe = Probe::new();
+        let native_waitid = !cfg.poll_for_exits
+            && uring.submitter().register_probe(&mut probe).is_ok()
+            && probe.is_supported(opcode::WaitId::CODE);
         Ok(Ring {
             uring,
             ops: Slab::with_capacity(1024),
             next_gen: 1,
             defer_taskrun: defer,
+            native_waitid,
             id: NEXT_RING_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             deferred: Vec::new(),
             iov_spare: Vec::new(),
@@ -147,6 +161,15 @@ impl Ring {
     /// Whether `DEFER_TASKRUN` is in effect.
     pub fn defer_taskrun(&self) -> bool {
         self.defer_taskrun
+    }
+
+    /// Whether [`Op::WaitId`] is the kernel's `IORING_OP_WAITID`; if not, it
+    /// is a `POLL_ADD` on a duplicate of the pidfd (readable once the process
+    /// has exited) followed, at its completion, by a non-blocking
+    /// `waitid(P_PIDFD, WEXITED | WNOWAIT | WNOHANG)`: the same completion,
+    /// exit information and zombie either way.
+    pub fn native_waitid(&self) -> bool {
+        self.native_waitid
     }
 
     /// Raw fd of the ring (for `MSG_RING` targets and diagnostics).
@@ -222,7 +245,13 @@ impl Ring {
         let entry = self.ops.vacant_entry();
         let key = entry.key();
         let id = OpId::new(key, gen);
-        let (sqe, parked) = build(op, id, &mut self.iov_spare, &mut self.ts_spare)?;
+        let (sqe, parked) = build(
+            op,
+            id,
+            self.native_waitid,
+            &mut self.iov_spare,
+            &mut self.ts_spare,
+        )?;
         entry.insert(InFlight { tag, gen, parked });
         let sqe = sqe.user_data(id.0);
         for _ in 0..PUSH_RETRIES {
@@ -308,6 +337,7 @@ impl Ring {
                 continue;
             }
             let tag = inflight.tag;
+            let mut result = result;
             let mut data = Returned::Nothing;
             if matches!(inflight.parked, Parked::Accept) && result >= 0 {
                 // SAFETY: a non-negative accept result is a new descriptor that
@@ -336,6 +366,9 @@ impl Ring {
                         self.ts_spare.push(ts);
                         parked = Parked::Nothing;
                     }
+                    Parked::PollWait(ref pidfd) => {
+                        (result, data) = exit_of_polled(pidfd.as_fd(), result);
+                    }
                     _ => {}
                 }
                 if matches!(data, Returned::Nothing) {
@@ -358,18 +391,26 @@ impl Drop for Ring {
         // Ops still in flight may be written to by the kernel until the ring's
         // teardown finishes asynchronously: leak their resources rather than
         // free memory the kernel might still touch.
-        let ops = std::mem::take(&mut self.ops);
-        std::mem::forget(ops);
+        // A polled pidfd's duplicate is ours alone (the poll holds its own
+        // reference to the file), so it is closed, not leaked.
+        for (_, op) in std::mem::take(&mut self.ops) {
+            match op.parked {
+                Parked::PollWait(pidfd) => drop(pidfd),
+                other => std::mem::forget(other),
+            }
+        }
     }
 }
 
 /// Builds the SQE for `op` and the resources to park while it is in flight
 /// (a `Writev`'s iovec array comes from `iov_spare`, a `Timeout`'s timespec
-/// from `ts_spare`, when one is there).
+/// from `ts_spare`, when one is there). Without `native_waitid`, a
+/// `WaitId` becomes a `POLL_ADD` on a duplicate of its pidfd.
 #[allow(clippy::vec_box, reason = "the kernel holds each box's address")]
 fn build(
     op: Op,
     id: OpId,
+    native_waitid: bool,
     iov_spare: &mut Vec<Vec<libc::iovec>>,
     ts_spare: &mut Vec<Box<types::Timespec>>,
 ) -> io::Result<(squeue::Entry, Parked)> {
@@ -436,6 +477,23 @@ fn build(
             let _ = id;
             (opcode::AsyncCancel::new(target.0).build(), Parked::Nothing)
         }
+        Op::WaitId { pidfd } if !native_waitid => {
+            // Our own duplicate: the caller may close its pidfd before the
+            // completion, and the waitid at the completion must still name
+            // this process, not whatever took the number.
+            // SAFETY: F_DUPFD_CLOEXEC takes an fd and a lowest number and
+            // returns a new descriptor or -1; it touches no memory of ours.
+            let dup = unsafe { libc::fcntl(pidfd, libc::F_DUPFD_CLOEXEC, 0) };
+            if dup < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `dup` was just created for us and nothing else owns it.
+            let dup = unsafe { OwnedFd::from_raw_fd(dup) };
+            (
+                opcode::PollAdd::new(types::Fd(dup.as_raw_fd()), libc::POLLIN as u32).build(),
+                Parked::PollWait(dup),
+            )
+        }
         Op::WaitId { pidfd } => {
             // SAFETY: siginfo_t is plain old data; all-zero is a valid value.
             let info: Box<libc::siginfo_t> = Box::new(unsafe { std::mem::zeroed() });
@@ -474,6 +532,41 @@ fn build(
             Parked::Nothing,
         ),
     })
+}
+
+/// The end of a `POLL_ADD` that stands in for `IORING_OP_WAITID`: the
+/// pidfd is readable, so the process has exited and a non-blocking
+/// `waitid` with `WNOWAIT` reads how, leaving the zombie for the caller to
+/// reap. A failed or cancelled poll stays as it was.
+fn exit_of_polled(pidfd: BorrowedFd<'_>, polled: i32) -> (i32, Returned) {
+    if polled < 0 {
+        return (polled, Returned::Nothing);
+    }
+    // SAFETY: siginfo_t is plain old data; all-zero is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid, writable siginfo_t for the whole call, and
+    // the pidfd is open (borrowed from the op's parked duplicate).
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
+        )
+    };
+    if r < 0 {
+        let errno = io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
+        return (-errno, Returned::Nothing);
+    }
+    let exit = exit_info(&info);
+    if exit.pid == 0 {
+        // WNOHANG found no exit: not what a readable pidfd means, and not
+        // an exit to report.
+        return (-libc::EAGAIN, Returned::Nothing);
+    }
+    (0, Returned::Exit(exit))
 }
 
 #[cfg(test)]
@@ -683,19 +776,24 @@ mod tests {
         assert_eq!(bufs.available(), 2);
     }
 
-    #[test]
-    fn waitid_reports_the_exit_and_leaves_a_zombie_to_reap() {
-        let mut r = ring();
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", "exit 3"])
+    /// A child that exits with `code`, and a pidfd of it.
+    fn child_exiting(code: i32) -> (std::process::Child, OwnedFd) {
+        let child = std::process::Command::new("sh")
+            .args(["-c", &format!("exit {code}")])
             .spawn()
             .expect("spawn sh");
-        let pid = child.id() as i32;
         // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as i32, 0) } as i32;
         assert!(fd >= 0, "pidfd_open: {}", io::Error::last_os_error());
         // SAFETY: `fd` was just returned to us and is owned by nothing else.
-        let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        (child, unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// `WaitId` reports the exit, leaves a zombie and, with `close_early`,
+    /// does not depend on the caller's pidfd staying open.
+    fn waitid_reports_the_exit(mut r: Ring, close_early: bool) {
+        let (mut child, pidfd) = child_exiting(3);
+        let pid = child.id() as i32;
         r.push(
             Op::WaitId {
                 pidfd: pidfd.as_raw_fd(),
@@ -703,6 +801,10 @@ mod tests {
             11,
         )
         .expect("push");
+        r.submit().expect("submit");
+        if close_early {
+            drop(pidfd);
+        }
         let c = wait_for(&mut r, 11);
         assert_eq!(c.result, 0);
         let Returned::Exit(e) = c.data else {
@@ -719,6 +821,86 @@ mod tests {
         let status = child.wait().expect("reap");
         assert_eq!(status.code(), Some(3));
         assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    /// How many of this process's descriptors are pidfds of `pid` (fdinfo
+    /// says `Pid:`); other tests open and close descriptors meanwhile, so a
+    /// plain count would race.
+    fn pidfds_of(pid: u32) -> usize {
+        let want = format!("Pid:\t{pid}");
+        std::fs::read_dir("/proc/self/fdinfo")
+            .expect("fdinfo")
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .filter(|info| info.lines().any(|l| l == want))
+            .count()
+    }
+
+    #[test]
+    fn waitid_reports_the_exit_and_leaves_a_zombie_to_reap() {
+        let r = ring();
+        assert!(r.native_waitid(), "this kernel (6.7+) has IORING_OP_WAITID");
+        waitid_reports_the_exit(r, false);
+    }
+
+    fn polling_ring() -> Ring {
+        let r = Ring::new(&RingConfig {
+            poll_for_exits: true,
+            ..RingConfig::default()
+        })
+        .expect("io_uring available");
+        assert!(!r.native_waitid());
+        r
+    }
+
+    #[test]
+    fn the_poll_fallback_reports_the_same_exit_and_zombie() {
+        waitid_reports_the_exit(polling_ring(), false);
+        // Its own duplicate of the pidfd: the caller's may close first.
+        waitid_reports_the_exit(polling_ring(), true);
+    }
+
+    #[test]
+    fn the_poll_fallback_cancels_and_closes_its_duplicate() {
+        let mut r = polling_ring();
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, sleeper.id() as i32, 0) } as i32;
+        assert!(fd >= 0, "pidfd_open: {}", io::Error::last_os_error());
+        // SAFETY: `fd` was just returned to us and is owned by nothing else.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let pid = sleeper.id();
+        assert_eq!(pidfds_of(pid), 1);
+        let id = r
+            .push(
+                Op::WaitId {
+                    pidfd: pidfd.as_raw_fd(),
+                },
+                21,
+            )
+            .expect("push");
+        assert_eq!(pidfds_of(pid), 2, "one duplicate while it waits");
+        r.push(Op::Cancel { target: id }, 22).expect("cancel");
+        let c = wait_for(&mut r, 21);
+        assert_eq!(c.result, -libc::ECANCELED);
+        assert!(matches!(c.data, Returned::Nothing));
+        assert_eq!(pidfds_of(pid), 1, "the duplicate is closed");
+        assert!(sleeper.try_wait().expect("try_wait").is_none(), "untouched");
+        // One left in flight when the ring goes: closed with it.
+        r.push(
+            Op::WaitId {
+                pidfd: pidfd.as_raw_fd(),
+            },
+            23,
+        )
+        .expect("push");
+        r.submit().expect("submit");
+        drop(r);
+        assert_eq!(pidfds_of(pid), 1, "closed with the ring");
+        sleeper.kill().expect("kill");
+        sleeper.wait().expect("reap");
     }
 
     #[test]
