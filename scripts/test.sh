@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command that runs every test (CI calls it).
 #   fmt check, clippy, release build, cargo tests, Python test env, integration tests
-#   (with per-child cgroups, then again with --cgroup off),
+#   (with per-child cgroups, then again with --cgroup off, Unix child sockets
+#   and the POLL_ADD exit wait of kernels before 6.7),
 #   the official MCP conformance suite direct vs through ringmux (npm, local install),
 #   a short fuzzing run of the parsers (nightly + cargo-fuzz, installed if missing).
 # Env: PYTEST_ARGS (extra pytest args), RINGMUX_BIN (binary under test),
@@ -31,9 +32,9 @@ export RINGMUX_BIN="${RINGMUX_BIN:-$PWD/target/release/ringmux}"
 # shellcheck disable=SC2086
 .venv/bin/python -m pytest -q -p no:cacheprovider tests/py ${PYTEST_ARGS:-}
 
-section "integration tests again with --cgroup off (the process-group fallback) and --child-socket unix"
+section "integration tests again with --cgroup off (the process-group fallback), --child-socket unix and RINGMUX_EXIT_WAIT=poll (exits seen as on Linux < 6.7)"
 # shellcheck disable=SC2086
-RINGMUX_TEST_ARGS="--cgroup off --child-socket unix" .venv/bin/python -m pytest -q -p no:cacheprovider tests/py \
+RINGMUX_EXIT_WAIT=poll RINGMUX_TEST_ARGS="--cgroup off --child-socket unix" .venv/bin/python -m pytest -q -p no:cacheprovider tests/py \
     --ignore tests/py/test_cgroups.py --ignore tests/py/test_cgroup_limits.py ${PYTEST_ARGS:-}
 
 section "MCP conformance suite (scripts/conformance.sh)"

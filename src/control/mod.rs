@@ -177,11 +177,22 @@ impl Control {
         maker: Maker,
         cfg: ControlConfig,
     ) -> std::io::Result<Control> {
+        // RINGMUX_EXIT_WAIT=poll takes the path of kernels before 6.7 (no
+        // IORING_OP_WAITID) on a newer one, so the test suite can run it.
+        let poll_for_exits = std::env::var("RINGMUX_EXIT_WAIT").is_ok_and(|v| v == "poll");
         let ring = Ring::new(&RingConfig {
             sq_entries: 512,
             cq_entries: 4096,
+            poll_for_exits,
             ..RingConfig::default()
         })?;
+        if poll_for_exits {
+            tracing::info!(
+                "control ring: child exits are polled on their pidfds (RINGMUX_EXIT_WAIT=poll)"
+            );
+        } else if !ring.native_waitid() {
+            tracing::warn!("control ring: the kernel has no IORING_OP_WAITID (Linux < 6.7); child exits are polled on their pidfds instead, which works the same");
+        }
         if !ring.defer_taskrun() {
             // Nothing depends on it for correctness (a child is reaped only
             // after its group was killed: the ring's waits use WNOWAIT), but

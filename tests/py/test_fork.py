@@ -214,9 +214,18 @@ def test_demo_fork_mode_hook_sees_its_query(ringmux_factory):
     rm.stop()
 
 
+# RINGMUX_EXIT_WAIT=poll: the exits of the fork server and of forked children
+# seen as a kernel before 6.7 sees them (POLL_ADD on the pidfd).
+EXIT_WAITS = pytest.mark.parametrize("exit_wait", ["waitid", "poll"])
+POLLED = "child exits are polled on their pidfds"
+
+
 @pytest.mark.timeout(60)
-def test_fork_server_crash_is_restarted_and_live_children_keep_serving(ringmux_factory):
-    rm = ringmux_factory(demo=True, args=["--fork", "--admin", "127.0.0.1:0"])
+@EXIT_WAITS
+def test_fork_server_crash_is_restarted_and_live_children_keep_serving(ringmux_factory, exit_wait):
+    rm = ringmux_factory(
+        demo=True, args=["--fork", "--admin", "127.0.0.1:0"], env={"RINGMUX_EXIT_WAIT": exit_wait}
+    )
     first = wait_fork_server(rm)
     assert demo_tool(rm, "live", "scratch_write", {"value": "kept"})[0] == 200
     child = demo_tool(rm, "live", "whoami")[1]["pid"]
@@ -231,12 +240,16 @@ def test_fork_server_crash_is_restarted_and_live_children_keep_serving(ringmux_f
     assert rm.metric("ringmux_fork_server_ready") == 1
     assert "fork server died" in rm.stderr_text(100_000)
     assert rm.zombies() == []
+    assert (POLLED in rm.stderr_text(10**7)) == (exit_wait == "poll")
     rm.stop()
 
 
 @pytest.mark.timeout(60)
-def test_forked_child_crash_is_reaped_and_the_key_starts_afresh(ringmux_factory):
-    rm = ringmux_factory(demo=True, args=["--fork", "--admin", "127.0.0.1:0"])
+@EXIT_WAITS
+def test_forked_child_crash_is_reaped_and_the_key_starts_afresh(ringmux_factory, exit_wait):
+    rm = ringmux_factory(
+        demo=True, args=["--fork", "--admin", "127.0.0.1:0"], env={"RINGMUX_EXIT_WAIT": exit_wait}
+    )
     pid = demo_tool(rm, "crash", "whoami")[1]["pid"]
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: not os.path.exists(rm.child_dir("crash")), 10, what="the crashed child's dir to go")
@@ -244,7 +257,8 @@ def test_forked_child_crash_is_reaped_and_the_key_starts_afresh(ringmux_factory)
     assert rm.metric("ringmux_child_exits_total", cause="crashed") == 1
     st, who = demo_tool(rm, "crash", "whoami")
     assert st == 200 and who["pid"] != pid
-    rm.stop()
+    assert (POLLED in rm.stderr_text(10**7)) == (exit_wait == "poll")
+    assert rm.stop() == 0
 
 
 @pytest.mark.timeout(60)

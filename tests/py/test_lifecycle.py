@@ -46,9 +46,15 @@ def _failed_dirs(base):
 # --------------------------------------------------------------------------
 # children that die on their own
 # --------------------------------------------------------------------------
+# RINGMUX_EXIT_WAIT=poll: how a kernel before 6.7 (no IORING_OP_WAITID) sees
+# exits, a POLL_ADD on the pidfd; "waitid" is this kernel's own op.
+POLLED = "child exits are polled on their pidfds"
+
+
+@pytest.mark.parametrize("exit_wait", ["waitid", "poll"])
 @pytest.mark.parametrize("how", ["exit", "sigkill"])
-def test_child_dying_on_its_own_is_reaped_and_forgotten(ringmux_factory, how):
-    rm = ringmux_factory(cmd=RAW_CMD, args=ADMIN)
+def test_child_dying_on_its_own_is_reaped_and_forgotten(ringmux_factory, how, exit_wait):
+    rm = ringmux_factory(cmd=RAW_CMD, args=ADMIN, env={"RINGMUX_EXIT_WAIT": exit_wait})
     key = f"crash-{how}-{uuid.uuid4().hex}"
     bystander = f"by-{uuid.uuid4().hex}"
     by_pid = rm.info(bystander)["pid"]
@@ -75,7 +81,12 @@ def test_child_dying_on_its_own_is_reaped_and_forgotten(ringmux_factory, how):
     assert rm.get("/listdir", key).json() == []
     assert rm.info(bystander)["pid"] == by_pid
     assert rm.metric("ringmux_spawns_total") == 3
+    # a close is seen the same way: the child is reaped before 200 closed
+    by_dir = rm.child_dir(bystander)
+    assert rm.close_key(bystander).status_code == 200
+    assert proc_stat(by_pid) is None and not os.path.exists(by_dir)
     assert rm.stop() == 0
+    assert (POLLED in rm.stderr_text(10**7)) == (exit_wait == "poll")
 
 
 def test_request_in_flight_to_a_dying_child_gets_502(ringmux_factory):
