@@ -107,6 +107,16 @@ pub struct ServeArgs {
     #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
     pub drain_timeout: Duration,
 
+    /// If set, a keyed child with no request in flight and none started or
+    /// ended for this long is closed as if its rollout had closed it (its
+    /// state is lost; the key's next request starts a fresh child). Bounds
+    /// the children of rollouts that never send their close: a crashed
+    /// trainer, or a balancer that moved the key to another instance. Off
+    /// by default: a rollout may think for long between tool calls. A
+    /// request or a stream in flight, however long, keeps its child.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub child_idle_timeout: Option<Duration>,
+
     /// Most live children at once; a request for a new key beyond it gets
     /// `503` with `Retry-After` (existing keys are unaffected).
     #[arg(long, default_value_t = 4096, value_name = "N")]

@@ -35,6 +35,8 @@ pub struct Config {
     pub ready_timeout: Duration,
     /// Longest drain before it stops as on SIGTERM.
     pub drain_timeout: Duration,
+    /// Close a keyed child idle this long (`None`: never).
+    pub child_idle_timeout: Option<Duration>,
     /// Most live children.
     pub max_children: usize,
     /// The child.
@@ -105,6 +107,11 @@ pub enum ConfigError {
     /// Bad `--key-param`.
     #[error("--key-param must be a non-empty name without '=', '&', '?' or '#'")]
     KeyParam,
+    /// `--child-idle-timeout` under the once-a-second sweep.
+    #[error(
+        "--child-idle-timeout must be at least 1s (idle children are looked for once a second)"
+    )]
+    IdleTimeout,
 }
 
 impl Config {
@@ -138,6 +145,12 @@ impl Config {
         if args.max_children == 0 {
             return Err(ConfigError::MaxChildren);
         }
+        if args
+            .child_idle_timeout
+            .is_some_and(|d| d < std::time::Duration::from_secs(1))
+        {
+            return Err(ConfigError::IdleTimeout);
+        }
         if !args.close_path.starts_with('/') || args.close_path.contains(['?', '#']) {
             return Err(ConfigError::ClosePath);
         }
@@ -160,6 +173,7 @@ impl Config {
             close_path: args.close_path,
             ready_timeout: args.ready_timeout,
             drain_timeout: args.drain_timeout,
+            child_idle_timeout: args.child_idle_timeout,
             max_children: args.max_children,
             child,
             fork: args

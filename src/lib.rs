@@ -7,6 +7,7 @@
 //! narrow, explained `#![allow(unsafe_code)]` (`child::sys`).
 #![deny(unsafe_code)]
 
+mod activity;
 mod admin;
 pub mod alloc_count;
 mod cgroup;

@@ -92,6 +92,8 @@ pub enum ExitCause {
     SetupFailed,
     /// Killed by its cgroup's memory limit (`--child-memory-max`).
     Oom,
+    /// Closed by ringmux after `--child-idle-timeout` without a request.
+    Idle,
 }
 
 impl ExitCause {
@@ -103,16 +105,18 @@ impl ExitCause {
             ExitCause::Shutdown => "shutdown",
             ExitCause::SetupFailed => "setup_failed",
             ExitCause::Oom => "oom",
+            ExitCause::Idle => "idle",
         }
     }
 
-    const ALL: [ExitCause; 6] = [
+    const ALL: [ExitCause; 7] = [
         ExitCause::Closed,
         ExitCause::Crashed,
         ExitCause::ReadyTimeout,
         ExitCause::Shutdown,
         ExitCause::SetupFailed,
         ExitCause::Oom,
+        ExitCause::Idle,
     ];
 }
 
@@ -187,7 +191,7 @@ pub struct Metrics {
     /// The instance is draining (src/lifecycle.rs): new keys are refused and
     /// `/readyz` answers 503.
     pub draining: std::sync::atomic::AtomicBool,
-    exits: [AtomicU64; 6],
+    exits: [AtomicU64; ExitCause::ALL.len()],
     /// Directory cleanups running.
     pub cleanups_in_flight: AtomicU64,
     /// Cleanups that ended with errors (something was left behind).

@@ -63,6 +63,8 @@ pub struct ChildInfo {
     pub host: String,
     /// When it was spawned.
     pub spawned: Instant,
+    /// Requests in flight and when it was last used (`--child-idle-timeout`).
+    pub activity: crate::activity::Activity,
     alive: AtomicBool,
     ready: AtomicBool,
     failure: AtomicU8,
@@ -79,6 +81,7 @@ impl ChildInfo {
             alive: AtomicBool::new(true),
             ready: AtomicBool::new(false),
             failure: AtomicU8::new(Failure::None as u8),
+            activity: crate::activity::Activity::default(),
         }
     }
 

@@ -125,6 +125,7 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
             .map_err(setup("duplicating the instance fd"))?,
         ready_timeout: cfg.ready_timeout,
         max_children: cfg.max_children,
+        child_idle_timeout: cfg.child_idle_timeout,
         keep_failed_dirs: cfg.keep_failed_dirs,
         cleanup_workers: cfg.cleanup_workers,
         cleanup_cpus: cfg.cleanup_cpus.clone(),

@@ -19,6 +19,7 @@ pub mod cleanup;
 mod drain;
 mod exit;
 mod forkserver;
+mod idle;
 mod iowq;
 mod keys;
 pub mod pace;
@@ -93,6 +94,8 @@ pub struct ControlConfig {
     pub ready_timeout: Duration,
     /// Most live children.
     pub max_children: usize,
+    /// Close a keyed child idle this long (`None`: never).
+    pub child_idle_timeout: Option<Duration>,
     /// Keep the directories of crashed / never-ready children.
     pub keep_failed_dirs: bool,
     /// Most io-wq threads running cleanup unlinks.
@@ -331,6 +334,7 @@ impl Control {
                         if ticks.is_multiple_of(ZOMBIE_SWEEP_TICKS) {
                             self.reap_untracked_zombies();
                             self.trash_second();
+                            self.retire_idle_children();
                         }
                         self.check_draining_cgroups();
                         let requests = self.load().requests;

@@ -93,6 +93,7 @@ impl Harness {
             instance_fd: open(&dir),
             ready_timeout: Duration::from_secs(30),
             max_children,
+            child_idle_timeout: None,
             keep_failed_dirs: false,
             cleanup_workers: 2,
             cleanup_cpus: None,

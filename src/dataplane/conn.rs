@@ -194,6 +194,10 @@ pub struct Upstream {
     /// When the current request's head was queued to the child (the
     /// response timeout counts from it until the response head arrives).
     pub asked_at: Option<Instant>,
+    /// The current request's hold on the child (`--child-idle-timeout`
+    /// does not retire a child while one is held); released with the
+    /// exchange or the connection.
+    pub busy: Option<crate::activity::Busy>,
 }
 
 impl Upstream {
@@ -218,6 +222,7 @@ impl Upstream {
             idle_since: None,
             req_done: false,
             asked_at: None,
+            busy: None,
         }
     }
 
@@ -234,5 +239,6 @@ impl Upstream {
         self.replay_bytes = 0;
         self.req_done = false;
         self.asked_at = None;
+        self.busy = None;
     }
 }

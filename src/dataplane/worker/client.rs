@@ -238,9 +238,10 @@ impl Worker {
             return;
         }
         if let Some(child) = self.cache.get(&key) {
-            if child.is_alive() {
+            // Not when it was retired as idle: then a new child is asked for.
+            if let Some(busy) = child.is_alive().then(|| child.begin()).flatten() {
                 let child = Arc::clone(child);
-                self.start_proxy(r, child, head);
+                self.start_proxy(r, child, head, busy);
                 return;
             }
             self.cache.remove(&key);

@@ -81,10 +81,18 @@ impl Worker {
                     self.respond_error(r, &ProxyError::ChildClosed);
                 }
             }
-            Phase::Waiting { head, .. } => {
-                self.start_proxy(r, Arc::clone(child), *head);
-                self.resume_recv(Side::Client, r);
-            }
+            Phase::Waiting { key, head, missed } => match child.begin() {
+                Some(busy) => {
+                    self.start_proxy(r, Arc::clone(child), *head, busy);
+                    self.resume_recv(Side::Client, r);
+                }
+                // Retired as idle since the answer (it is being torn down):
+                // ask again; that is no failure of the child's.
+                None => {
+                    self.cache.remove(&key);
+                    self.wait_for_child(r, key, *head, missed);
+                }
+            },
             other => self.clients[r.0].phase = other,
         }
     }

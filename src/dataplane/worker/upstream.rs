@@ -3,7 +3,15 @@
 use super::*;
 
 impl Worker {
-    pub(super) fn start_proxy(&mut self, r: Ref, child: Arc<ChildInfo>, head: RequestHead) {
+    /// Sends `head` (and then the body) to `child`, on a pooled connection
+    /// or a new one; `busy` is the request's hold on the child.
+    pub(super) fn start_proxy(
+        &mut self,
+        r: Ref,
+        child: Arc<ChildInfo>,
+        head: RequestHead,
+        busy: crate::activity::Busy,
+    ) {
         let up = match self.take_pooled(&child) {
             Some(u) => u,
             None => match self.new_upstream(&child) {
@@ -23,6 +31,7 @@ impl Worker {
         head.write_upstream(&child.host, &mut h);
         let u = &mut self.ups[up.0];
         u.client = Some(r);
+        u.busy = Some(busy);
         u.req_is_head = head.is_head();
         if u.reused && idempotent(head.method()) {
             u.replay = Some(Vec::new());
@@ -240,6 +249,8 @@ impl Worker {
         let can_retry = u.reused && !u.got_bytes && u.req_done && u.replay.is_some();
         let req_is_head = u.req_is_head;
         let replay = u.replay.take();
+        // A retry keeps the request's hold on the child across connections.
+        let busy = u.busy.take();
         self.close_up(up);
         let Some(cr) = cr else {
             return;
@@ -255,6 +266,7 @@ impl Worker {
                 );
                 let u = &mut self.ups[nu.0];
                 u.client = Some(cr);
+                u.busy = busy;
                 u.req_done = true;
                 u.asked_at = Some(self.now);
                 u.req_is_head = req_is_head;
