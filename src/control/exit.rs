@@ -144,9 +144,20 @@ impl Control {
         }
     }
 
+    /// A child exited (its zombie kept by the ring's `WNOWAIT` wait). It is
+    /// reaped here once what was left of its process group is killed (until
+    /// then its pid, its group's id, must not be reused), and before its
+    /// key's teardown can answer a close: a `200 closed` means the process
+    /// is gone, zombie included.
     pub(super) fn on_exit(&mut self, child_id: u64, exit: Option<ExitInfo>, result: i32) {
         let exited = Instant::now();
+        let reap = || {
+            if let Some(e) = exit {
+                crate::child::sys::reap(e.pid);
+            }
+        };
         let Some(key) = self.by_child.remove(&child_id) else {
+            reap();
             return;
         };
         let Some(KeyState::Running {
@@ -155,6 +166,7 @@ impl Control {
             acquirers,
         }) = self.keys.remove(&key)
         else {
+            reap();
             return;
         };
         self.live = self.live.saturating_sub(1);
@@ -169,6 +181,7 @@ impl Control {
                 let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
             }
         }
+        reap();
         for w in &self.workers {
             let _ = w.send(ToWorker::Gone {
                 key,

@@ -310,12 +310,8 @@ impl Control {
                             Returned::Exit(e) if c.result >= 0 => Some(e),
                             _ => None,
                         };
+                        // It reaps the child (see there).
                         self.on_exit(payload, exit, c.result);
-                        // Reaped only now, after its group was killed: until
-                        // here its pid (= its group's id) could not be reused.
-                        if let Some(e) = exit {
-                            crate::child::sys::reap(e.pid);
-                        }
                     }
                     K_READY if c.result == -libc::ETIME => self.on_ready_deadline(payload),
                     K_TICK => {
