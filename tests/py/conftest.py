@@ -47,6 +47,10 @@ def uvicorn_fd3_cmd(app: str) -> list[str]:
 
 MCP_CMD = uvicorn_fd3_cmd("mcp_child:app")
 
+# What ringmux logs at start under RINGMUX_EXIT_WAIT=poll (child exits seen as
+# on a kernel before 6.7: POLL_ADD on the pidfd instead of IORING_OP_WAITID).
+EXIT_WAIT_POLLED = "child exits are polled on their pidfds"
+
 DEFAULT_TEST_TIMEOUT = float(os.environ.get("RINGMUX_TEST_TIMEOUT", "60"))
 HTTP_TIMEOUT = httpx.Timeout(15.0, connect=5.0)
 

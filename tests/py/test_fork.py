@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from conftest import (
+    EXIT_WAIT_POLLED,
     CHILDREN, PY, child_dirs, children_of, pid_alive, procs_with_cwd_under, wait_trash_empty,
     wait_until,
 )
@@ -217,7 +218,6 @@ def test_demo_fork_mode_hook_sees_its_query(ringmux_factory):
 # RINGMUX_EXIT_WAIT=poll: the exits of the fork server and of forked children
 # seen as a kernel before 6.7 sees them (POLL_ADD on the pidfd).
 EXIT_WAITS = pytest.mark.parametrize("exit_wait", ["waitid", "poll"])
-POLLED = "child exits are polled on their pidfds"
 
 
 @pytest.mark.timeout(60)
@@ -240,7 +240,7 @@ def test_fork_server_crash_is_restarted_and_live_children_keep_serving(ringmux_f
     assert rm.metric("ringmux_fork_server_ready") == 1
     assert "fork server died" in rm.stderr_text(100_000)
     assert rm.zombies() == []
-    assert (POLLED in rm.stderr_text(10**7)) == (exit_wait == "poll")
+    assert (EXIT_WAIT_POLLED in rm.stderr_text(10**7)) == (exit_wait == "poll")
     rm.stop()
 
 
@@ -257,7 +257,7 @@ def test_forked_child_crash_is_reaped_and_the_key_starts_afresh(ringmux_factory,
     assert rm.metric("ringmux_child_exits_total", cause="crashed") == 1
     st, who = demo_tool(rm, "crash", "whoami")
     assert st == 200 and who["pid"] != pid
-    assert (POLLED in rm.stderr_text(10**7)) == (exit_wait == "poll")
+    assert (EXIT_WAIT_POLLED in rm.stderr_text(10**7)) == (exit_wait == "poll")
     assert rm.stop() == 0
 
 

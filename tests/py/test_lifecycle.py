@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from conftest import (
+    EXIT_WAIT_POLLED,
     mkfiles as _mkfiles,
     RAW_CMD,
     child_dirs,
@@ -46,11 +47,9 @@ def _failed_dirs(base):
 # --------------------------------------------------------------------------
 # children that die on their own
 # --------------------------------------------------------------------------
-# RINGMUX_EXIT_WAIT=poll: how a kernel before 6.7 (no IORING_OP_WAITID) sees
-# exits, a POLL_ADD on the pidfd; "waitid" is this kernel's own op.
-POLLED = "child exits are polled on their pidfds"
 
 
+# exit_wait "poll": exits seen as on a kernel before 6.7 (RINGMUX_EXIT_WAIT).
 @pytest.mark.parametrize("exit_wait", ["waitid", "poll"])
 @pytest.mark.parametrize("how", ["exit", "sigkill"])
 def test_child_dying_on_its_own_is_reaped_and_forgotten(ringmux_factory, how, exit_wait):
@@ -86,7 +85,7 @@ def test_child_dying_on_its_own_is_reaped_and_forgotten(ringmux_factory, how, ex
     assert rm.close_key(bystander).status_code == 200
     assert proc_stat(by_pid) is None and not os.path.exists(by_dir)
     assert rm.stop() == 0
-    assert (POLLED in rm.stderr_text(10**7)) == (exit_wait == "poll")
+    assert (EXIT_WAIT_POLLED in rm.stderr_text(10**7)) == (exit_wait == "poll")
 
 
 def test_request_in_flight_to_a_dying_child_gets_502(ringmux_factory):

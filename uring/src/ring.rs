@@ -782,11 +782,17 @@ mod tests {
             .args(["-c", &format!("exit {code}")])
             .spawn()
             .expect("spawn sh");
+        let pidfd = pidfd_of(&child);
+        (child, pidfd)
+    }
+
+    /// A pidfd of `child`.
+    fn pidfd_of(child: &std::process::Child) -> OwnedFd {
         // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as i32, 0) } as i32;
         assert!(fd >= 0, "pidfd_open: {}", io::Error::last_os_error());
         // SAFETY: `fd` was just returned to us and is owned by nothing else.
-        (child, unsafe { OwnedFd::from_raw_fd(fd) })
+        unsafe { OwnedFd::from_raw_fd(fd) }
     }
 
     /// `WaitId` reports the exit, leaves a zombie and, with `close_early`,
@@ -866,11 +872,7 @@ mod tests {
             .arg("30")
             .spawn()
             .expect("spawn sleep");
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, sleeper.id() as i32, 0) } as i32;
-        assert!(fd >= 0, "pidfd_open: {}", io::Error::last_os_error());
-        // SAFETY: `fd` was just returned to us and is owned by nothing else.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let pidfd = pidfd_of(&sleeper);
         let pid = sleeper.id();
         assert_eq!(pidfds_of(pid), 1);
         let id = r
